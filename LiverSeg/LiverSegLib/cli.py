@@ -1,0 +1,169 @@
+"""The ``liverseg`` command: segment a CT, evaluate a segmenter on a dataset, train a deep segmenter.
+
+Exit status: 0 success, 2 bad input or unavailable method (one line on stderr naming the problem and
+the fix), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .errors import LiverSegError
+from .segmenters import SEGMENTERS
+
+LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liverseg",
+        description="Segment the liver and liver tumours in abdominal CT (labels: 0 background, 1 liver, 2 tumour).",
+    )
+    parser.add_argument("--version", action="version", version=f"liverseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment one CT",
+        description="Segment one CT. The output type follows OUT's suffix: .nii.gz/.nii/.nrrd write a uint8 "
+        "labelmap on the CT's grid, .seg.nrrd a Slicer segmentation with named, coloured segments.",
+    )
+    segment.add_argument("ct", help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, or a folder holding one DICOM series")
+    segment.add_argument("-o", "--output", required=True, help="output file: .nii.gz, .nii, .nrrd or .seg.nrrd")
+    _add_method_arguments(segment)
+    segment.add_argument("--preview", help="also write a PNG with axial and coronal overlays")
+    segment.set_defaults(run=run_segment)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="segment every labelled case of a dataset and report Dice",
+        description="Segment every labelled case of an MSD Task03-layout dataset and write per-case Dice, "
+        "volumes and seconds as CSV, Markdown and a PNG plot.",
+    )
+    evaluate.add_argument("dataset", help="folder holding dataset.json (MSD layout)")
+    evaluate.add_argument("-o", "--output", required=True, help="report folder (created if missing)")
+    _add_method_arguments(evaluate)
+    evaluate.add_argument("--previews", action="store_true", help="also write one overlay PNG per case")
+    evaluate.set_defaults(run=run_evaluate)
+
+    train = commands.add_parser("train", help="train a deep segmenter on an MSD-layout dataset")
+    try:
+        from .training import add_train_arguments, run_train
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.training":
+            raise
+        train.set_defaults(run=_training_unavailable)
+    else:
+        add_train_arguments(train)
+        train.set_defaults(run=run_train)
+    return parser
+
+
+def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="em", choices=list(SEGMENTERS), help="segmenter (default: em)")
+    parser.add_argument("--model", help="checkpoint of a deep segmenter (default: the shipped model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where deep segmenters run")
+
+
+def _training_unavailable(args: argparse.Namespace) -> int:
+    raise LiverSegError("training is not available in this version of LiverSeg yet")
+
+
+class ProgressBar:
+    """A tqdm bar on stderr fed by a segmenter's progress callback (silent when stderr is not a terminal)."""
+
+    def __init__(self, description: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=description, unit="%", disable=None, leave=False, file=sys.stderr)
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.set_postfix_str(message)
+        self.bar.update(max(0, round(fraction * 100) - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from .segmenters import create_segmenter
+    from .volume import check_writable, load_ct, suffix_of
+
+    output = Path(args.output)
+    suffix = suffix_of(output)
+    if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd",):
+        raise LiverSegError(f"{output}: unknown output type '{suffix}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
+    # Check every destination before minutes of work, so a bad path fails fast and writes nothing.
+    for path in filter(None, (args.output, args.preview)):
+        check_writable(path)
+    segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
+    ct = load_ct(args.ct)
+
+    started = time.perf_counter()
+    progress = ProgressBar(f"{args.method}")
+    try:
+        labels = segmenter.segment(ct, progress=progress)
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+
+    written = [_write_segmentation(ct.with_array(labels), output)]
+    if args.preview:
+        from .preview import save_preview
+
+        save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
+        written.append(Path(args.preview))
+
+    from .metrics import volumes_ml
+
+    volumes = volumes_ml(labels, ct.voxel_ml)
+    print(f"{args.method}: liver {volumes['liver_ml']:.0f} ml, tumour {volumes['tumour_ml']:.1f} ml, {seconds:.1f} s")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _write_segmentation(labels, output: Path) -> Path:
+    from .volume import suffix_of
+
+    if suffix_of(output) == ".seg.nrrd":
+        from .mrml import save_segmentation
+
+        save_segmentation(labels, output)
+    else:
+        from .volume import save_volume
+
+        save_volume(labels, output)
+    return output
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    report = evaluate(args.dataset, args.method, Path(args.output), model_path=args.model, device=args.device,
+                      previews=args.previews)
+    print(report.summary())
+    for path in report.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except LiverSegError as error:
+        print(f"liverseg: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("liverseg: interrupted; no output was written for the unfinished step", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

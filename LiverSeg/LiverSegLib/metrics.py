@@ -1,0 +1,49 @@
+"""Per-volume quality figures: Dice of the liver and of the tumour, and volumes in ml.
+
+Dice is computed once over the whole volume at the CT's own resolution (never per slice, never
+counting background), by MONAI's DiceMetric. "Liver" is the organ -- labels 1 and 2 together, as in the
+LiTS/MSD liver evaluation -- and "tumour" is label 2. A class absent from the reference gives NaN
+(Dice is undefined there), reported as such rather than as 0 or 1.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+from monai.metrics import DiceMetric
+
+from .preprocessing import LIVER, TUMOUR
+
+
+def class_masks(labels: np.ndarray) -> torch.Tensor:
+    """(I, J, K) labelmap -> (1, 3, I, J, K) one-hot-like masks: background, liver organ, tumour."""
+    labels = torch.as_tensor(np.asarray(labels))
+    organ = labels >= LIVER
+    return torch.stack([~organ, organ, labels == TUMOUR])[None]
+
+
+def dice_scores(prediction: np.ndarray, reference: np.ndarray) -> Dict[str, float]:
+    """Per-volume Dice of the liver organ and of the tumour.
+
+    Args:
+        prediction: labelmap (I, J, K), values 0/1/2.
+        reference: labelmap of the same shape.
+
+    Returns:
+        {"dice_liver": float, "dice_tumour": float}; NaN where the reference lacks the class.
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} differs from reference shape {reference.shape}")
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    scores = metric(class_masks(prediction), class_masks(reference))[0]
+    return {"dice_liver": float(scores[0]), "dice_tumour": float(scores[1])}
+
+
+def volumes_ml(labels: np.ndarray, voxel_ml: float) -> Dict[str, float]:
+    """Liver organ (labels 1 and 2) and tumour (label 2) volumes in millilitres."""
+    return {
+        "liver_ml": float(np.count_nonzero(labels >= LIVER)) * voxel_ml,
+        "tumour_ml": float(np.count_nonzero(labels == TUMOUR)) * voxel_ml,
+    }

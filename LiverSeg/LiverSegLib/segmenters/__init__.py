@@ -1,0 +1,48 @@
+"""Segmenters by name: ``create_segmenter("em")`` and friends.
+
+Each segmenter lives in its own file; this registry only maps the CLI's ``--method`` names to them,
+importing a segmenter's module (and so torch, for the deep ones) only when it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Dict, Optional, Tuple
+
+from ..errors import MethodUnavailableError
+from .base import Segmenter
+
+# --method name -> (module, class, one-line description)
+SEGMENTERS: Dict[str, Tuple[str, str, str]] = {
+    "em": ("em", "EMSegmenter", "Gaussian mixture fitted by EM with anatomical priors; needs no training data"),
+    "unet": ("unet", "UNetSegmenter", "MONAI UNet"),
+    "autoencoder": ("autoencoder", "AutoEncoderSegmenter", "MONAI AutoEncoder"),
+    "vitautoenc": ("vit_autoencoder", "ViTAutoEncoderSegmenter", "MONAI ViTAutoEnc with a segmentation head"),
+    "vae": ("vae", "VAESegmenter", "MONAI VarAutoEncoder"),
+}
+
+
+def create_segmenter(name: str, model_path: Optional[str] = None, device: str = "auto") -> Segmenter:
+    """Build the segmenter called ``name``.
+
+    Raises:
+        MethodUnavailableError: unknown name, or a method that is not available in this version.
+    """
+    if name not in SEGMENTERS:
+        raise MethodUnavailableError(f"unknown method '{name}'; choose one of {', '.join(SEGMENTERS)}")
+    module_name, class_name, _ = SEGMENTERS[name]
+    try:
+        module = importlib.import_module(f"{__name__}.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{module_name}":
+            raise
+        raise MethodUnavailableError(
+            f"method '{name}' is not available in this version of LiverSeg yet; use --method em"
+        ) from None
+    cls = getattr(module, class_name)
+    if name == "em":
+        return cls()
+    return cls(model_path=model_path, device=device)
+
+
+__all__ = ["SEGMENTERS", "Segmenter", "create_segmenter"]

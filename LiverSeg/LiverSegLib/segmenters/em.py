@@ -1,0 +1,199 @@
+"""EM segmenter: a Gaussian mixture fitted by expectation-maximisation, steered by anatomical priors.
+
+Needs no training data. Intensity alone cannot tell the liver from muscle, spleen or bowel (they share
+its HU range, with or without contrast), so the mixture only proposes *liver-like tissue*; explicit
+priors pick the liver out of it:
+
+1. **HU range** -- the liver's mixture component is the soft-tissue component (mean within
+   ``LIVER_HU``) that dominates the right lateral abdomen, the one place where liver is most of the soft
+   tissue in any abdominal CT, contrast-enhanced or not.
+2. **Position** -- right side of the body (RAS x above the body's centre line) and, when the lungs are in
+   the field of view, just below their base (``BELOW_LUNG_MM``).
+3. **Size and shape** -- erosion by ``SEPARATION_MM`` cuts the thin bridges between the liver and its
+   neighbours; the largest remaining right-sided piece is grown back within the liver-like tissue,
+   closed and hole-filled (vessels and lesions are part of the organ).
+
+Tumours are the clearly hypodense regions inside that organ (below the liver component's mean by
+``TUMOUR_SIGMAS`` standard deviations, at least ``MIN_TUMOUR_ML``).
+
+Everything runs on a 2.5 mm working grid and the result is resampled onto the CT's own grid.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+from sklearn.mixture import GaussianMixture
+
+from ..errors import LiverSegError
+from ..preprocessing import BODY_HU, LIVER, TUMOUR, clean_labels, to_input_grid, to_working_grid
+from ..volume import Volume
+from .base import Segmenter
+
+WORKING_SPACING_MM = (2.5, 2.5, 2.5)
+SOFT_TISSUE_HU = (-60.0, 260.0)
+"""Voxels the mixture is fitted on: fat and bone are outside and need no modelling."""
+LIVER_HU = (20.0, 180.0)
+"""Plausible liver mean, from unenhanced (~50 HU) to late arterial / portal venous (~130 HU)."""
+N_COMPONENTS = 5
+FIT_SAMPLES = 200_000
+SEPARATION_MM = 7.5
+BELOW_LUNG_MM = 60.0
+"""The liver dome rises this far above the lowest slice that still has much lung."""
+LIVER_HEIGHT_MM = 260.0
+"""The liver's extent below the dome is well within this (a large liver is ~20-22 cm)."""
+LIVER_SPREAD_HU = 35.0
+MIN_SHARE = 0.15
+TUMOUR_SIGMAS = 3.0
+MIN_TUMOUR_ML = 0.5
+SEED = 0
+
+
+class EMSegmenter(Segmenter):
+    """Liver and tumour segmentation by a Gaussian mixture over CT intensity with anatomical priors."""
+
+    name = "em"
+    description = "Gaussian mixture fitted by EM with anatomical priors; needs no training data"
+
+    def __init__(self, model_path: Optional[str] = None, device: str = "auto") -> None:
+        super().__init__()
+        if model_path is not None:
+            raise LiverSegError("the EM segmenter learns from each CT itself and takes no --model; drop --model")
+
+    def _segment(self, ct: Volume) -> np.ndarray:
+        self._step(0.05, "resampling to 2.5 mm")
+        working = to_working_grid(ct, WORKING_SPACING_MM)
+        hu = working[0].numpy()
+        spacing = np.asarray(WORKING_SPACING_MM)
+
+        self._step(0.25, "finding the body")
+        body = _body_mask(hu)
+        smooth = ndimage.median_filter(hu, size=3)
+
+        self._step(0.35, "fitting the Gaussian mixture (EM)")
+        region = _prior_region(hu, body, spacing)
+        mixture, liver_components = _fit_mixture(smooth, body, region)
+
+        self._step(0.6, "selecting the liver")
+        liver_like = _posterior(mixture, smooth, body, liver_components) > 0.5
+        organ = _liver_from_tissue(liver_like, region, body, spacing)
+
+        self._step(0.75, "finding tumours")
+        labels = organ.astype(np.uint8)
+        labels[_tumours(smooth, organ, mixture, liver_components, spacing)] = TUMOUR
+        labels = clean_labels(labels)
+
+        self._step(0.85, "resampling to the CT grid")
+        return to_input_grid(labels, working.affine.numpy(), ct)
+
+
+def _body_mask(hu: np.ndarray) -> np.ndarray:
+    """The patient: largest non-air component, with lungs and bowel gas filled in slice by slice."""
+    body, count = ndimage.label(hu > BODY_HU)
+    if count == 0:
+        raise LiverSegError("no body found in the CT (no voxel above -500 HU); check that the image is an abdominal CT")
+    sizes = ndimage.sum_labels(np.ones_like(body), body, index=np.arange(1, count + 1))
+    body = body == (1 + int(np.argmax(sizes)))
+    for z in range(body.shape[2]):  # per slice: the lungs and gas are holes in 2D but may touch the ends in 3D
+        body[:, :, z] = ndimage.binary_fill_holes(body[:, :, z])
+    return body
+
+
+def _prior_region(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Where the liver may be: the right half of the body, within reach below the lung bases.
+
+    Working-grid axes are RAS, so axis 0 grows towards the patient's right and axis 2 towards the head.
+    """
+    x_centre = np.average(np.arange(body.shape[0]), weights=body.sum(axis=(1, 2)))
+    region = body.copy()
+    region[: int(round(x_centre)) - int(round(20.0 / spacing[0]))] = False  # right side, with a 2 cm margin past midline
+
+    lung = (hu < BODY_HU) & body
+    lung_fraction = lung.sum(axis=(0, 1)) / np.maximum(body.sum(axis=(0, 1)), 1)
+    lung_slices = np.nonzero(lung_fraction > 0.15)[0]
+    if lung_slices.size:
+        top = min(body.shape[2], lung_slices.min() + int(BELOW_LUNG_MM / spacing[2]))
+        bottom = max(0, top - int(LIVER_HEIGHT_MM / spacing[2]))
+        region[:, :, top:] = False
+        region[:, :, :bottom] = False
+    return region
+
+
+def _fit_mixture(smooth: np.ndarray, body: np.ndarray, region: np.ndarray) -> Tuple[GaussianMixture, np.ndarray]:
+    """Fit the mixture on the soft tissue of the prior region; return it and the indices of the liver's
+    components: the plausible one that owns most of that region, and its plausible close neighbours."""
+    soft = body & (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
+    values = smooth[soft & region]
+    if values.size < 1000:
+        raise LiverSegError("too little soft tissue in the CT to model the liver; check the image covers the abdomen")
+    rng = np.random.default_rng(SEED)
+    sample = rng.choice(values, size=min(FIT_SAMPLES, values.size), replace=False)[:, None]
+    mixture = GaussianMixture(n_components=N_COMPONENTS, covariance_type="full", random_state=SEED, max_iter=200)
+    mixture.fit(sample)
+
+    in_region = smooth[soft & region]
+    if in_region.size == 0:
+        raise LiverSegError("no soft tissue on the right side of the abdomen; check the CT orientation and coverage")
+    share = np.bincount(mixture.predict(in_region[:, None]), minlength=N_COMPONENTS) / in_region.size
+    means = mixture.means_[:, 0]
+    plausible = (means > LIVER_HU[0]) & (means < LIVER_HU[1])
+    if not plausible.any():
+        raise LiverSegError("no tissue class with liver-like intensity (20-180 HU); check that the image is an abdominal CT in HU")
+    main = int(np.argmax(np.where(plausible, share, -1)))
+    # Enhancement varies across the liver (and EM may split it in two): a plausible neighbour in HU that
+    # is also common in the right abdomen is liver too.
+    liver = plausible & (np.abs(means - means[main]) < LIVER_SPREAD_HU) & (share >= MIN_SHARE)
+    liver[main] = True
+    return mixture, np.nonzero(liver)[0]
+
+
+def _posterior(mixture: GaussianMixture, smooth: np.ndarray, body: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Posterior probability of the liver's components for every body voxel (0 elsewhere)."""
+    probability = np.zeros(smooth.shape, dtype=np.float32)
+    probability[body] = mixture.predict_proba(smooth[body][:, None])[:, components].sum(axis=1)
+    return probability
+
+
+def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    half = np.floor(radius_mm / spacing).astype(int)
+    grid = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, spacing)) <= 1.0
+
+
+def _liver_from_tissue(liver_like: np.ndarray, region: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The largest blob of liver-like tissue inside the prior region once thin bridges to neighbours are
+    cut, grown back into all liver-like tissue it touches (the left lobe crosses the midline)."""
+    ball = _ball(SEPARATION_MM, spacing)
+    # border_value=1: the field of view's edge is not an organ boundary (the liver may run off the scan).
+    core = ndimage.binary_erosion(liver_like, structure=ball, border_value=1)
+    pieces, count = ndimage.label(core & region)
+    if count == 0:
+        return np.zeros_like(liver_like)
+    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index=np.arange(1, count + 1))
+    seed = np.isin(ndimage.label(core)[0], np.unique(ndimage.label(core)[0][pieces == 1 + int(np.argmax(sizes))]))
+    organ = ndimage.binary_dilation(seed, structure=ball) & liver_like
+    organ = ndimage.binary_erosion(ndimage.binary_dilation(organ, structure=ball), structure=ball, border_value=1) & body
+    return ndimage.binary_fill_holes(organ)
+
+
+def _tumours(
+    smooth: np.ndarray, organ: np.ndarray, mixture: GaussianMixture, components: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
+    """Clearly hypodense regions inside the liver, large enough not to be noise or a vessel cross-section."""
+    if not organ.any():
+        return organ
+    darkest = components[np.argmin(mixture.means_[components, 0])]
+    mean = mixture.means_[darkest, 0]
+    sd = float(np.sqrt(mixture.covariances_[darkest].ravel()[0]))
+    inner = ndimage.binary_erosion(organ, structure=_ball(5.0, spacing))
+    dark = inner & (smooth < mean - TUMOUR_SIGMAS * sd)
+    dark = ndimage.binary_opening(dark, structure=_ball(2.5, spacing))
+    pieces, count = ndimage.label(dark)
+    if count == 0:
+        return dark
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index=np.arange(1, count + 1)) * voxel_ml
+    keep = np.nonzero(sizes >= MIN_TUMOUR_ML)[0] + 1
+    return np.isin(pieces, keep)
