@@ -39,10 +39,7 @@ def create_segmenter(name: str, model_path: Optional[str] = None, device: str = 
         raise MethodUnavailableError(
             f"method '{name}' is not available in this version of LiverSeg yet; use --method em"
         ) from None
-    cls = getattr(module, class_name)
-    if name == "em":
-        return cls()
-    return cls(model_path=model_path, device=device)
+    return getattr(module, class_name)(model_path=model_path, device=device)
 
 
 __all__ = ["SEGMENTERS", "Segmenter", "create_segmenter"]

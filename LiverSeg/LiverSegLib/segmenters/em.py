@@ -35,8 +35,8 @@ from .base import Segmenter
 WORKING_SPACING_MM = (2.5, 2.5, 2.5)
 SOFT_TISSUE_HU = (-60.0, 260.0)
 """Voxels the mixture is fitted on: fat and bone are outside and need no modelling."""
-LIVER_HU = (20.0, 180.0)
-"""Plausible liver mean, from unenhanced (~50 HU) to late arterial / portal venous (~130 HU)."""
+LIVER_HU = (20.0, 160.0)
+"""Plausible liver mean, from unenhanced (~50 HU) to portal venous (~130 HU)."""
 N_COMPONENTS = 5
 FIT_SAMPLES = 200_000
 SEPARATION_MM = 7.5
@@ -47,6 +47,9 @@ LIVER_HEIGHT_MM = 260.0
 LIVER_SPREAD_HU = 35.0
 MIN_SHARE = 0.15
 TUMOUR_SIGMAS = 3.0
+TUMOUR_HU_BELOW_LIVER = 80.0
+"""Lesions darker than liver by more than this are cysts, bile or fat, not solid tumour."""
+TUMOUR_ENCLOSED = 0.6
 MIN_TUMOUR_ML = 0.5
 SEED = 0
 
@@ -71,18 +74,22 @@ class EMSegmenter(Segmenter):
         self._step(0.25, "finding the body")
         body = _body_mask(hu)
         smooth = ndimage.median_filter(hu, size=3)
+        region = _prior_region(hu, body, spacing)
 
         self._step(0.35, "fitting the Gaussian mixture (EM)")
-        region = _prior_region(hu, body, spacing)
-        mixture, liver_components = _fit_mixture(smooth, body, region)
+        mixture, soft_in_region = _fit_mixture(smooth, body, region)
 
-        self._step(0.6, "selecting the liver")
-        liver_like = _posterior(mixture, smooth, body, liver_components) > 0.5
+        self._step(0.5, "selecting the liver")
+        posteriors = _posteriors(mixture, smooth, body)
+        liver_components = _liver_components(mixture, posteriors, smooth[soft_in_region], region, spacing)
+        liver_like = posteriors[..., liver_components].sum(axis=-1) > 0.5
         organ = _liver_from_tissue(liver_like, region, body, spacing)
+        # The median filter and partial volume pull the organ's edge voxels below the posterior threshold.
+        organ |= ndimage.binary_dilation(organ) & (posteriors[..., liver_components].sum(axis=-1) > 0.05)
 
         self._step(0.75, "finding tumours")
         labels = organ.astype(np.uint8)
-        labels[_tumours(smooth, organ, mixture, liver_components, spacing)] = TUMOUR
+        labels[_tumours(smooth, organ, mixture, liver_components, spacing)] = TUMOUR  # may extend the organ at its edge
         labels = clean_labels(labels)
 
         self._step(0.85, "resampling to the CT grid")
@@ -122,38 +129,56 @@ def _prior_region(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.n
 
 
 def _fit_mixture(smooth: np.ndarray, body: np.ndarray, region: np.ndarray) -> Tuple[GaussianMixture, np.ndarray]:
-    """Fit the mixture on the soft tissue of the prior region; return it and the indices of the liver's
-    components: the plausible one that owns most of that region, and its plausible close neighbours."""
-    soft = body & (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
-    values = smooth[soft & region]
+    """Fit the mixture by EM on the soft tissue of the prior region (a random sample, for speed).
+
+    Returns the mixture and the mask of the soft-tissue voxels of the region.
+    """
+    soft_in_region = body & region & (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
+    values = smooth[soft_in_region]
     if values.size < 1000:
-        raise LiverSegError("too little soft tissue in the CT to model the liver; check the image covers the abdomen")
-    rng = np.random.default_rng(SEED)
-    sample = rng.choice(values, size=min(FIT_SAMPLES, values.size), replace=False)[:, None]
+        raise LiverSegError("too little soft tissue on the right side of the abdomen to model the liver; "
+                            "check that the CT covers the upper abdomen and that its orientation is right")
+    sample = np.random.default_rng(SEED).choice(values, size=min(FIT_SAMPLES, values.size), replace=False)[:, None]
     mixture = GaussianMixture(n_components=N_COMPONENTS, covariance_type="full", random_state=SEED, max_iter=200)
-    mixture.fit(sample)
-
-    in_region = smooth[soft & region]
-    if in_region.size == 0:
-        raise LiverSegError("no soft tissue on the right side of the abdomen; check the CT orientation and coverage")
-    share = np.bincount(mixture.predict(in_region[:, None]), minlength=N_COMPONENTS) / in_region.size
-    means = mixture.means_[:, 0]
-    plausible = (means > LIVER_HU[0]) & (means < LIVER_HU[1])
-    if not plausible.any():
-        raise LiverSegError("no tissue class with liver-like intensity (20-180 HU); check that the image is an abdominal CT in HU")
-    main = int(np.argmax(np.where(plausible, share, -1)))
-    # Enhancement varies across the liver (and EM may split it in two): a plausible neighbour in HU that
-    # is also common in the right abdomen is liver too.
-    liver = plausible & (np.abs(means - means[main]) < LIVER_SPREAD_HU) & (share >= MIN_SHARE)
-    liver[main] = True
-    return mixture, np.nonzero(liver)[0]
+    return mixture.fit(sample), soft_in_region
 
 
-def _posterior(mixture: GaussianMixture, smooth: np.ndarray, body: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Posterior probability of the liver's components for every body voxel (0 elsewhere)."""
-    probability = np.zeros(smooth.shape, dtype=np.float32)
-    probability[body] = mixture.predict_proba(smooth[body][:, None])[:, components].sum(axis=1)
+def _posteriors(mixture: GaussianMixture, smooth: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Posterior probability of every component, shape (X, Y, Z, N_COMPONENTS); 0 outside the body's
+    soft tissue (the mixture models only soft tissue: bone would otherwise join its brightest component)."""
+    soft = body & (smooth > SOFT_TISSUE_HU[0]) & (smooth < SOFT_TISSUE_HU[1])
+    probability = np.zeros(smooth.shape + (N_COMPONENTS,), dtype=np.float32)
+    probability[soft] = mixture.predict_proba(smooth[soft][:, None])
     return probability
+
+
+def _liver_components(
+    mixture: GaussianMixture, posteriors: np.ndarray, region_values: np.ndarray, region: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
+    """Indices of the liver's components.
+
+    The main one is the plausible component (mean within LIVER_HU) whose tissue forms the largest solid
+    blob in the prior region: erosion removes muscle layers and bowel walls, which share the liver's HU
+    but are thin. Enhancement varies across the liver and EM may split it in two, so a plausible
+    neighbour within LIVER_SPREAD_HU that is common in the region (MIN_SHARE) joins it.
+    """
+    means = mixture.means_[:, 0]
+    plausible = np.nonzero((means > LIVER_HU[0]) & (means < LIVER_HU[1]))[0]
+    if plausible.size == 0:
+        raise LiverSegError("no tissue class with liver-like intensity (20-160 HU); check that the image is an abdominal CT in HU")
+    ball = _ball(SEPARATION_MM, spacing)
+    solid = [_largest_size(ndimage.binary_erosion(posteriors[..., c] > 0.5, structure=ball, border_value=1) & region)
+             for c in plausible]
+    main = plausible[int(np.argmax(solid))]
+    share = np.bincount(mixture.predict(region_values[:, None]), minlength=N_COMPONENTS) / region_values.size
+    liver = np.isin(np.arange(N_COMPONENTS), plausible) & (np.abs(means - means[main]) < LIVER_SPREAD_HU) & (share >= MIN_SHARE)
+    liver[main] = True
+    return np.nonzero(liver)[0]
+
+
+def _largest_size(mask: np.ndarray) -> int:
+    pieces, count = ndimage.label(mask)
+    return int(np.bincount(pieces.ravel())[1:].max()) if count else 0
 
 
 def _ball(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
@@ -181,19 +206,23 @@ def _liver_from_tissue(liver_like: np.ndarray, region: np.ndarray, body: np.ndar
 def _tumours(
     smooth: np.ndarray, organ: np.ndarray, mixture: GaussianMixture, components: np.ndarray, spacing: np.ndarray
 ) -> np.ndarray:
-    """Clearly hypodense regions inside the liver, large enough not to be noise or a vessel cross-section."""
+    """Hypodense lesions of the liver: regions clearly darker than liver but denser than fluid
+    (TUMOUR_HU_BELOW_LIVER), mostly surrounded by liver (a lesion at the edge is still enclosed on most
+    sides), and large enough not to be noise or a vessel cross-section."""
     if not organ.any():
         return organ
     darkest = components[np.argmin(mixture.means_[components, 0])]
     mean = mixture.means_[darkest, 0]
     sd = float(np.sqrt(mixture.covariances_[darkest].ravel()[0]))
-    inner = ndimage.binary_erosion(organ, structure=_ball(5.0, spacing))
-    dark = inner & (smooth < mean - TUMOUR_SIGMAS * sd)
+    dark = (smooth < mean - TUMOUR_SIGMAS * sd) & (smooth > mean - TUMOUR_HU_BELOW_LIVER)
     dark = ndimage.binary_opening(dark, structure=_ball(2.5, spacing))
     pieces, count = ndimage.label(dark)
     if count == 0:
         return dark
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index=np.arange(1, count + 1)) * voxel_ml
-    keep = np.nonzero(sizes >= MIN_TUMOUR_ML)[0] + 1
+    index = np.arange(1, count + 1)
+    rim = ndimage.binary_dilation(dark, structure=_ball(5.0, spacing)) & ~dark
+    rim_pieces = ndimage.grey_dilation(pieces, footprint=_ball(5.0, spacing)) * rim
+    enclosed = ndimage.mean(organ, rim_pieces, index)
+    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index) * float(np.prod(spacing)) / 1000.0
+    keep = index[(sizes >= MIN_TUMOUR_ML) & (enclosed >= TUMOUR_ENCLOSED)]
     return np.isin(pieces, keep)
