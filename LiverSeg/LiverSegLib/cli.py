@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--previews", action="store_true", help="also write one overlay PNG per case")
     evaluate.set_defaults(run=run_evaluate)
 
+    phantom = commands.add_parser(
+        "phantom",
+        help="write synthetic abdominal CT phantoms as an MSD dataset",
+        description="Write synthetic abdominal CT phantoms (liver, tumours, neighbouring organs) with their labels "
+        "as an MSD Task03-layout dataset: a way to try every command without patient data.",
+    )
+    phantom.add_argument("-o", "--output", required=True, help="dataset folder (created if missing)")
+    phantom.add_argument("--cases", type=int, default=3, help="number of cases (default: 3)")
+    phantom.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    phantom.set_defaults(run=run_phantom)
+
     train = commands.add_parser("train", help="train a deep segmenter on an MSD-layout dataset")
     try:
         from .training import add_train_arguments, run_train
@@ -150,6 +161,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(report.summary())
     for path in report.files:
         print(f"wrote {path}")
+    return 0
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    from .phantom import write_phantom_dataset
+
+    folder = write_phantom_dataset(args.output, n_cases=args.cases, seed=args.seed)
+    print(f"wrote {args.cases} phantom case(s) to {folder} (dataset.json, imagesTr/, labelsTr/)")
     return 0
 
 

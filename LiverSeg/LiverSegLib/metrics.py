@@ -19,7 +19,7 @@ from .preprocessing import LIVER, TUMOUR
 
 def class_masks(labels: np.ndarray) -> torch.Tensor:
     """(I, J, K) labelmap -> (1, 3, I, J, K) one-hot-like masks: background, liver organ, tumour."""
-    labels = torch.as_tensor(np.asarray(labels))
+    labels = torch.as_tensor(np.ascontiguousarray(labels))
     organ = labels >= LIVER
     return torch.stack([~organ, organ, labels == TUMOUR])[None]
 

@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .volume import Volume
+from .volume import Volume, save_volume
 
 
 class _T(IntEnum):
@@ -463,8 +463,8 @@ def write_phantom_dataset(folder: str | os.PathLike, n_cases: int = 3, seed: int
     for index, case_seed in enumerate(case_seeds):
         ct, labels = make_phantom(seed=int(case_seed), **phantom_kwargs)
         name = f"phantom_{index:03d}.nii.gz"
-        _write_nifti(ct, folder / "imagesTr" / name)
-        _write_nifti(labels, folder / "labelsTr" / name)
+        save_volume(ct, folder / "imagesTr" / name)
+        save_volume(labels, folder / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     dataset = {
         "name": "LiverSegPhantom",
@@ -479,11 +479,3 @@ def write_phantom_dataset(folder: str | os.PathLike, n_cases: int = 3, seed: int
     }
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     return folder
-
-
-def _write_nifti(volume: Volume, path: Path) -> None:
-    image = nib.Nifti1Image(volume.array, volume.affine)
-    # qform and sform both "scanner" (code 1) so nibabel, ITK and Slicer read the same affine.
-    image.set_qform(volume.affine, code=1)
-    image.set_sform(volume.affine, code=1)
-    nib.save(image, str(path))

@@ -47,7 +47,8 @@ def save_preview(
     prediction = _to_ras(labels, ct.affine)
     truth = _to_ras(reference, ct.affine) if reference is not None else None
     ras_spacing = _ras_spacing(ct)
-    focus = prediction >= LIVER if (prediction >= LIVER).any() else image > -500
+    shown = truth if truth is not None and (truth >= LIVER).any() else prediction
+    focus = shown >= LIVER if (shown >= LIVER).any() else image > -500
     centre = np.round(np.argwhere(focus).mean(axis=0)).astype(int)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.5))

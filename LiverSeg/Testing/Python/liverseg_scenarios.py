@@ -348,6 +348,23 @@ def scenario_errors_leave_scene(ctx, folder: Path) -> None:
         check(np.array_equal(after, before_voxels), f"{segmenter.name}: existing segmentation changed")
         check(set(mrml.segment_summary(node)) == {"Liver", "Liver tumor"}, "segments changed")
 
+    # a failure late in the scene update (after the segments were filled): everything is rolled back
+    class LateFailure(LiverSegLogic):
+        def _volumes_table(self, *args):
+            raise LiverSegError("simulated failure while making the table")
+
+    late = LateFailure(ctx)
+    new_labels = np.where(info["labels"].array == 2, 0, info["labels"].array).astype(np.uint8)
+    for target in (node, None):
+        try:
+            late.run(volume_node, OracleSegmenter(new_labels), segmentation_node=target)
+            raise AssertionError("late failure not reported")
+        except LiverSegError as exc:
+            check("simulated failure while making the table" in str(exc), str(exc))
+        check(node_summary(ctx.scene) == before_nodes, "late failure: scene nodes changed")
+        after = mrml.segmentation_to_labels(ctx.scene, node, volume_node).array
+        check(np.array_equal(after, before_voxels), "late failure: existing segmentation not restored")
+
     # an input removed while segmenting
     segmenter = BlockingSegmenter(info["labels"].array, limit_s=0.2)
     job = logic.start(volume_node, segmenter)
