@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`  (each sets itself up first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED := ../shared/data
+SAMPLE := $(SHARED)/imagesTr/totalseg_dicom_example.nii.gz
+OUT := out
+
+.PHONY: demo test install benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in pyproject.toml (2.13.0, the CPU build): an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@mkdir -p $(OUT)
+	@if [ -f "$(SAMPLE)" ]; then \
+		ct="$(SAMPLE)"; echo "Segmenting the real CT sample $$ct (from $(SHARED))"; \
+	else \
+		echo "No real CT at $(SHARED): segmenting a synthetic phantom instead"; \
+		$(VENV)/bin/liverseg phantom -o $(OUT)/phantom --cases 1 >/dev/null && ct=$(OUT)/phantom/imagesTr/phantom_000.nii.gz; \
+	fi; \
+	$(VENV)/bin/liverseg segment "$$ct" -o $(OUT)/liver.nii.gz --preview $(OUT)/liver_preview.png && \
+	$(VENV)/bin/liverseg segment "$$ct" -o $(OUT)/liver.seg.nrrd
+	@echo "Open $(OUT)/liver.seg.nrrd or $(OUT)/liver.nii.gz in 3D Slicer over the CT; look at $(OUT)/liver_preview.png"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+benchmark: $(VENV)/.installed
+	$(PY) scripts/benchmark_em.py
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,64 @@
+"""The MSD dataset reader validates every entry and reports all problems at once."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from LiverSegLib.dataset import load_msd_dataset, read_case
+from LiverSegLib.errors import LiverSegError
+from LiverSegLib.phantom import write_phantom_dataset
+
+
+@pytest.fixture
+def phantom_dataset(tmp_path):
+    return write_phantom_dataset(tmp_path / "ds", n_cases=3, shape=(40, 40, 20), spacing=(5.0, 5.0, 8.0))
+
+
+def test_valid_dataset_lists_its_cases(phantom_dataset):
+    cases = load_msd_dataset(phantom_dataset)
+    assert [c.name for c in cases] == ["phantom_000", "phantom_001", "phantom_002"]
+    ct, labels = read_case(cases[0])
+    assert ct.array.shape == labels.array.shape and labels.array.dtype == np.uint8
+    np.testing.assert_array_equal(ct.affine, labels.affine)
+
+
+def test_all_problems_reported_together(phantom_dataset):
+    manifest = phantom_dataset / "dataset.json"
+    spec = json.loads(manifest.read_text())
+    # case 0: label on another grid; case 1: label with a value 7; case 2: label file missing; plus an entry without a label
+    image0 = nib.load(str(phantom_dataset / spec["training"][0]["image"]))
+    shifted = image0.affine.copy()
+    shifted[0, 3] += 10
+    nib.save(nib.Nifti1Image(np.zeros(image0.shape, np.uint8), shifted), str(phantom_dataset / spec["training"][0]["label"]))
+    label1 = phantom_dataset / spec["training"][1]["label"]
+    bad = nib.load(str(label1))
+    data = np.asarray(bad.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, bad.affine), str(label1))
+    (phantom_dataset / spec["training"][2]["label"]).unlink()
+    spec["training"].append({"image": "./imagesTr/extra.nii.gz"})
+    manifest.write_text(json.dumps(spec))
+
+    with pytest.raises(LiverSegError) as error:
+        load_msd_dataset(phantom_dataset)
+    message = str(error.value)
+    assert "4 problem(s)" in message
+    assert "phantom_000: label affine differs" in message
+    assert "phantom_001: label values [7]" in message
+    assert "phantom_002: missing file" in message
+    assert "training[3]: needs both 'image' and 'label'" in message
+
+
+def test_label_shape_mismatch_and_missing_manifest(phantom_dataset, tmp_path):
+    spec = json.loads((phantom_dataset / "dataset.json").read_text())
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4)), str(phantom_dataset / spec["training"][0]["label"]))
+    with pytest.raises(LiverSegError, match="label shape"):
+        load_msd_dataset(phantom_dataset)
+    with pytest.raises(LiverSegError, match="no dataset.json"):
+        load_msd_dataset(tmp_path)
+
+
+def test_shared_real_dataset_is_valid(shared_data):
+    assert len(load_msd_dataset(shared_data)) == 2
