@@ -221,6 +221,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temp_path = Path(temp)
     try:
         yield temp_path
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp_path, 0o666 & ~umask)
         os.replace(temp_path, path)
     except BaseException:
         temp_path.unlink(missing_ok=True)

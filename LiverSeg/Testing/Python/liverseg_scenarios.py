@@ -1,4 +1,4 @@
-"""Scenarios of the LiverSeg module's logic on a phantom CT, shared by pytest (``Testing/slicer``, on
+"""Scenarios of the LiverSeg module's logic on a phantom CT, shared by pytest (``Testing/mrml``, on
 ``slicer-core``) and by the module's self-test in Slicer (``LiverSegTest``).
 
 Each scenario takes a :class:`~LiverSegLib.mrml.SlicerContext` and a scratch folder, works on

@@ -1,0 +1,139 @@
+"""LiverSegLogic (the LiverSeg module's Qt-free logic) on a real MRML scene from slicer-core.
+
+The scenarios live in ``LiverSeg/Testing/Python/liverseg_scenarios.py`` and are run by the module's
+self-test in Slicer too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import liverseg_scenarios as scenarios
+from LiverSegLib import mrml, slicer_logic
+from LiverSegLib.errors import CancelledError, LiverSegError
+from LiverSegLib.segmenters import create_segmenter
+
+
+def test_segment_phantom(ctx, scene, tmp_path):
+    info = scenarios.scenario_segment_phantom(ctx, tmp_path)
+    assert info["points"]["Liver"] > 50 and info["points"]["Liver tumor"] > 50
+    assert info["volumes_ml"]["Liver"] > 100
+
+
+def test_segment_phantom_oblique_lps(ctx, scene, tmp_path):
+    """An LPS-flipped, rotated grid: the segmentation still sits exactly on the CT's grid."""
+    c, s = np.cos(0.25), np.sin(0.25)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[-c, s, 0], [-s, -c, 0], [0, 0, 1]]) @ np.diag([5.0, 5.0, 8.0])
+    affine[:3, 3] = [150.0, 160.0, -120.0]
+    node, ct, labels = scenarios.load_phantom(ctx, tmp_path, affine=affine)
+    np.testing.assert_allclose(mrml.ijk_to_ras(node), affine, atol=1e-5)
+    result = slicer_logic.LiverSegLogic(ctx).run(node, scenarios.OracleSegmenter(labels.array))
+    scenarios.check_segmentation(ctx, result, node, expected=labels.array)
+
+
+def test_segment_em(ctx, scene, tmp_path):
+    try:
+        create_segmenter("em")
+    except LiverSegError as exc:
+        pytest.skip(f"EM segmenter not available: {exc}")
+    info = scenarios.scenario_segment_em(ctx, tmp_path)
+    assert info["dice_liver"] > 0.6
+
+
+def test_seg_nrrd_and_mrb(ctx, scene, tmp_path):
+    info = scenarios.scenario_seg_nrrd_and_mrb(ctx, tmp_path)
+    assert info["seg_nrrd"].is_file() and info["mrb"].is_file()
+
+
+def test_existing_segmentation(ctx, scene, tmp_path):
+    scenarios.scenario_existing_segmentation(ctx, tmp_path)
+
+
+def test_cancel_leaves_scene_unchanged(ctx, scene, tmp_path):
+    scenarios.scenario_cancel(ctx, tmp_path)
+
+
+def test_bad_inputs(ctx, scene, tmp_path):
+    messages = scenarios.scenario_bad_inputs(ctx, tmp_path)
+    assert set(messages) == set(scenarios.EXPECTED_BAD_INPUT)
+
+
+def test_errors_leave_scene_unchanged(ctx, scene, tmp_path):
+    scenarios.scenario_errors_leave_scene(ctx, tmp_path)
+
+
+def test_poll_is_repeatable_and_progress_reported(ctx, scene, tmp_path):
+    node, ct, labels = scenarios.load_phantom(ctx, tmp_path)
+    logic = slicer_logic.LiverSegLogic(ctx)
+    seen = []
+    segmenter = scenarios.OracleSegmenter(labels.array, steps=5)
+    original = segmenter._step
+    segmenter._step = lambda f, m: (seen.append((f, m)), original(f, m))
+    job = logic.start(node, segmenter)
+    first = logic.wait(job, timeout=30)
+    assert logic.poll(job) is first  # a second poll does not add a second segmentation
+    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert [f for f, _ in seen] == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_cancelled_poll_repeats_cancelled(ctx, scene, tmp_path):
+    node, ct, labels = scenarios.load_phantom(ctx, tmp_path)
+    logic = slicer_logic.LiverSegLogic(ctx)
+    job = logic.start(node, scenarios.BlockingSegmenter(labels.array))
+    logic.cancel(job)
+    job.thread.join(10)
+    for _ in range(2):
+        with pytest.raises(CancelledError):
+            logic.poll(job)
+
+
+def test_unknown_method_and_device(ctx, scene, tmp_path):
+    node, ct, labels = scenarios.load_phantom(ctx, tmp_path)
+    logic = slicer_logic.LiverSegLogic(ctx)
+    with pytest.raises(LiverSegError, match="unknown device"):
+        logic.start(node, "em", device="tpu")
+    with pytest.raises(LiverSegError, match="unknown method 'nope'"):
+        logic.run(node, "nope")
+    assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_segment_volumes_in_ml():
+    from LiverSegLib.volume import Volume
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:5] = 1
+    labels[0, 0, :4] = 2
+    voxels, ml = slicer_logic.segment_volumes(Volume(labels, np.diag([2.0, 2.0, 2.5, 1.0])))
+    assert voxels == {"Liver": 496, "Liver tumor": 4}
+    assert ml == pytest.approx({"Liver": 496 * 0.01, "Liver tumor": 0.04})
+
+
+def test_available_segmenters_lists_only_creatable():
+    names = [name for name, _ in slicer_logic.available_segmenters()]
+    for name in names:
+        create_segmenter(name)  # each listed one really can be created
+    try:
+        create_segmenter("em")
+        assert "em" in names
+    except LiverSegError:
+        assert "em" not in names
+
+
+def test_missing_packages_here():
+    assert slicer_logic.missing_packages(deep=False) == []  # the venv has the core dependencies
+
+
+@pytest.fixture(scope="module")
+def rendering():
+    ok, detail = slicer_logic.offscreen_rendering_available()
+    if not ok:
+        pytest.skip(f"offscreen OpenGL unavailable: {detail}")
+    return detail
+
+
+def test_render_png(ctx, scene, tmp_path, rendering):
+    out = scenarios.scenario_render(ctx, tmp_path)
+    assert out["backend"] in ("vtkEGLRenderWindow", "vtkOSOpenGLRenderWindow", "vtkXOpenGLRenderWindow")
+    assert out["foreground_fraction"] > 0.05
