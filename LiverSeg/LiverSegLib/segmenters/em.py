@@ -193,12 +193,15 @@ def _liver_from_tissue(liver_like: np.ndarray, region: np.ndarray, body: np.ndar
     ball = _ball(SEPARATION_MM, spacing)
     # border_value=1: the field of view's edge is not an organ boundary (the liver may run off the scan).
     core = ndimage.binary_erosion(liver_like, structure=ball, border_value=1)
-    pieces, count = ndimage.label(core & region)
+    pieces_in_region, count = ndimage.label(core & region)
     if count == 0:
         return np.zeros_like(liver_like)
-    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index=np.arange(1, count + 1))
-    seed = np.isin(ndimage.label(core)[0], np.unique(ndimage.label(core)[0][pieces == 1 + int(np.argmax(sizes))]))
+    largest = pieces_in_region == 1 + int(np.argmax(np.bincount(pieces_in_region.ravel())[1:]))
+    # The whole core piece the largest right-sided one belongs to, including its part past the midline.
+    pieces, _ = ndimage.label(core)
+    seed = pieces == pieces[largest][0]
     organ = ndimage.binary_dilation(seed, structure=ball) & liver_like
+    # Closing (dilation then erosion, the scan's edge not eroding) bridges vessels at the hilum.
     organ = ndimage.binary_erosion(ndimage.binary_dilation(organ, structure=ball), structure=ball, border_value=1) & body
     return ndimage.binary_fill_holes(organ)
 
