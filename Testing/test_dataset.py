@@ -62,3 +62,17 @@ def test_label_shape_mismatch_and_missing_manifest(phantom_dataset, tmp_path):
 
 def test_shared_real_dataset_is_valid(shared_data):
     assert len(load_msd_dataset(shared_data)) == 2
+
+
+def test_fixed_validation_list_is_read_and_checked(phantom_dataset):
+    manifest = phantom_dataset / "dataset.json"
+    spec = json.loads(manifest.read_text())
+    assert load_msd_dataset(phantom_dataset, section="validation") == []
+    spec["validation"], spec["training"] = spec["training"][:1], spec["training"][1:]
+    manifest.write_text(json.dumps(spec))
+    assert [c.name for c in load_msd_dataset(phantom_dataset, section="validation")] == ["phantom_000"]
+    assert [c.name for c in load_msd_dataset(phantom_dataset)] == ["phantom_001", "phantom_002"]
+    spec["validation"].append({"image": "./imagesTr/absent.nii.gz", "label": "./labelsTr/absent.nii.gz"})
+    manifest.write_text(json.dumps(spec))
+    with pytest.raises(LiverSegError, match="absent: missing file"):
+        load_msd_dataset(phantom_dataset, section="validation")

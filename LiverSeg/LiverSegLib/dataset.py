@@ -39,12 +39,14 @@ def case_name(path: Path) -> str:
     return name
 
 
-def load_msd_dataset(folder: str | Path, check_voxels: bool = True) -> List[Case]:
-    """Read and validate the ``training`` list of an MSD-layout dataset.
+def load_msd_dataset(folder: str | Path, check_voxels: bool = True, section: str = "training") -> List[Case]:
+    """Read and validate a list of image/label pairs of an MSD-layout dataset.
 
     Args:
         folder: the folder holding ``dataset.json``.
         check_voxels: also read every label to check its values (slower; off for a quick listing).
+        section: the list to read: ``training`` (MSD's), or ``validation``, LiverSeg's optional
+            extension naming fixed held-out pairs (an empty list when absent).
 
     Returns:
         the labelled cases, in the order of ``dataset.json``.
@@ -57,19 +59,20 @@ def load_msd_dataset(folder: str | Path, check_voxels: bool = True) -> List[Case
     if not manifest.is_file():
         raise LiverSegError(f"{folder}: no dataset.json; give a folder in the MSD Task03 layout (dataset.json, imagesTr/, labelsTr/)")
     try:
-        entries = json.loads(manifest.read_text())["training"]
+        spec = json.loads(manifest.read_text())
+        entries = spec["training"] if section == "training" else spec.get(section, [])
     except (ValueError, KeyError, TypeError) as exc:
         raise LiverSegError(f"{manifest}: not a valid MSD dataset.json ({exc}); it needs a 'training' list of image/label pairs") from exc
 
     cases, problems = [], []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not entry.get("image") or not entry.get("label"):
-            problems.append(f"training[{index}]: needs both 'image' and 'label', got {entry!r}")
+            problems.append(f"{section}[{index}]: needs both 'image' and 'label', got {entry!r}")
             continue
         case = Case(case_name(Path(entry["image"])), folder / entry["image"], folder / entry["label"])
         problems.extend(f"{case.name}: {p}" for p in _problems_of(case, check_voxels))
         cases.append(case)
-    if not entries:
+    if not entries and section == "training":
         problems.append("the 'training' list is empty")
     if problems:
         raise LiverSegError(f"{manifest}: {len(problems)} problem(s): " + "; ".join(problems))
