@@ -6,7 +6,7 @@ SHARED := ../shared/data
 SAMPLE := $(SHARED)/imagesTr/totalseg_dicom_example.nii.gz
 OUT := out
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test install benchmark benchmark-deep models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(PY) scripts/benchmark_em.py
+
+benchmark-deep: $(VENV)/.installed
+	$(PY) scripts/benchmark_deep.py
+
+# Retrains every shipped model from scratch (resumable: run it again after an interruption).
+models: $(VENV)/.installed
+	$(PY) scripts/train_models.py
 
 clean:
 	rm -rf $(OUT)

@@ -156,8 +156,8 @@ class Checkpoint:
                 f"{path}: not a readable LiverSeg checkpoint ({reason[:200]}); the file may be truncated or "
                 "not a LiverSeg model: download it again or retrain with `liverseg train`"
             ) from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LiverSegError(f"{path}: a PyTorch file but not a LiverSeg checkpoint; train one with `liverseg train`")
+        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("state_dict"), dict):
+            raise LiverSegError(f"{path}: a PyTorch file, but not a LiverSeg checkpoint; train one with `liverseg train`")
         if data.get("version") != VERSION:
             raise LiverSegError(
                 f"{path}: checkpoint format version {data.get('version')} is not supported by this LiverSeg "
@@ -172,7 +172,8 @@ class Checkpoint:
                 f"{path}: holds a '{config.method}' model, not '{method}'; use --method {config.method} "
                 f"or give a {method} checkpoint"
             )
-        return cls(config, data["state_dict"], data.get("training") or {}, data.get("metrics") or {}, data.get("resume"))
+        training, metrics = data.get("training") or {}, data.get("metrics") or {}
+        return cls(config, data["state_dict"], training, metrics, data.get("resume"))
 
 
 def shipped_model_path(method: str) -> Path:

@@ -42,7 +42,7 @@ def to_working_grid(ct: Volume, spacing: Sequence[float]) -> MetaTensor:
     """
     image = MetaTensor(torch.from_numpy(np.asarray(ct.array, dtype=np.float32)[None]), affine=torch.as_tensor(ct.affine))
     transform = Compose(
-        [Orientation(axcodes="RAS", labels=None), Spacing(pixdim=tuple(spacing), mode="bilinear", padding_mode="border")]
+        [Orientation(axcodes="RAS", labels=None), Spacing(pixdim=tuple(spacing), mode="bilinear", padding_mode="border", dtype=torch.float32)]
     )
     return transform(image)
 

@@ -15,10 +15,10 @@ from .base import Segmenter
 # --method name -> (module, class, one-line description)
 SEGMENTERS: Dict[str, Tuple[str, str, str]] = {
     "em": ("em", "EMSegmenter", "Gaussian mixture fitted by EM with anatomical priors; needs no training data"),
-    "unet": ("unet", "UNetSegmenter", "MONAI UNet"),
-    "autoencoder": ("autoencoder", "AutoEncoderSegmenter", "MONAI AutoEncoder"),
-    "vitautoenc": ("vit_autoencoder", "ViTAutoEncoderSegmenter", "MONAI ViTAutoEnc with a segmentation head"),
-    "vae": ("vae", "VAESegmenter", "MONAI VarAutoEncoder"),
+    "unet": ("unet", "UNetSegmenter", "MONAI residual U-Net; needs a trained model (--model)"),
+    "autoencoder": ("autoencoder", "AutoEncoderSegmenter", "MONAI AutoEncoder; needs a trained model (--model)"),
+    "vitautoenc": ("vit_autoencoder", "ViTAutoEncoderSegmenter", "MONAI ViTAutoEnc + segmentation head; needs a trained model"),
+    "vae": ("vae", "VAESegmenter", "MONAI VarAutoEncoder, Dice-CE + KL; needs a trained model (--model)"),
 }
 
 
