@@ -4,6 +4,8 @@ atomic writes that survive a full disk, and the shipped-model lookup."""
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import pathlib
 from pathlib import Path
 
@@ -128,7 +130,16 @@ def test_without_a_model_path_the_shipped_model_is_used_or_the_fix_is_named(
     with pytest.raises(MethodUnavailableError, match=r"liverseg train.*--model"):
         create_segmenter("unet", device="cpu")
     _unet_checkpoint(tmp_path / "unet.pt")
+    with pytest.raises(MethodUnavailableError, match="make models"):  # a model file without its manifest entry
+        create_segmenter("unet", device="cpu")
+    digest = hashlib.sha256((tmp_path / "unet.pt").read_bytes()).hexdigest()
+    (tmp_path / "models.json").write_text(json.dumps({"unet": {"file": "unet.pt", "sha256": digest}}))
     assert create_segmenter("unet", device="cpu").model.config.method == "unet"
+
+    with open(tmp_path / "unet.pt", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(LiverSegError, match=r"unet.pt: sha256 .* differs .* altered or damaged"):
+        create_segmenter("unet", device="cpu")
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:

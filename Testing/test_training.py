@@ -210,3 +210,16 @@ def test_split_is_seeded_and_holds_out_at_least_one_case(phantoms: Path) -> None
     assert len(val) == 1 and len(train) == 4 and not {c.name for c in train} & {c.name for c in val}
     assert training.split_cases(cases, 0.2, seed=0) == (train, val)
     assert np.isnan(training._nanmean([float("nan")]))
+
+
+def test_a_fixed_validation_list_is_the_held_out_set(phantoms: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = json.loads((phantoms / "dataset.json").read_text())
+    fold = tmp_path / "fold"
+    fold.mkdir()
+    absolute = [{key: str(phantoms / value) for key, value in item.items()} for item in spec["training"]]
+    (fold / "dataset.json").write_text(json.dumps({"training": absolute[1:3], "validation": absolute[:1]}))
+    run = tmp_path / "run"
+    assert training.run_train(_args(str(fold), "--method", "unet", "-o", str(run), "--epochs", "1", *TINY)) == 0
+    cases = [e["case"] for e in _events(capsys.readouterr().out) if e["event"] == "case"]
+    assert cases == ["phantom_000"]
+    assert Checkpoint.load(run / "best.pt").training["train_cases"] == ["phantom_001", "phantom_002"]

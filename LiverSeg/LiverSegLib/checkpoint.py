@@ -24,6 +24,8 @@ crash or a full disk mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -41,6 +43,8 @@ FORMAT = "liverseg-checkpoint"
 VERSION = 1
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "Resources" / "Models"
+MANIFEST = "models.json"
+"""{method: {"file": "<method>.pt", "sha256": ...}} for the shipped models, written by `make models`."""
 """Where shipped models live: ``Resources/Models/<method>.pt`` at the repository root."""
 
 
@@ -177,16 +181,26 @@ class Checkpoint:
 
 
 def shipped_model_path(method: str) -> Path:
-    """The model shipped with LiverSeg for ``method``.
+    """The model shipped with LiverSeg for ``method``, checked against the sha256 in ``models.json``.
 
     Raises:
         MethodUnavailableError: none is shipped (yet); the message says how to get one.
+        LiverSegError: the file differs from the one shipped (altered or damaged).
     """
     path = MODELS_DIR / f"{method}.pt"
-    if not path.is_file():
+    manifest = MODELS_DIR / MANIFEST
+    expected = json.loads(manifest.read_text()).get(method, {}).get("sha256") if manifest.is_file() else None
+    if not path.is_file() or expected is None:
         raise MethodUnavailableError(
             f"no trained '{method}' model is shipped at {path}; train one with "
-            f"`liverseg train DATASET_DIR --method {method} -o RUN_DIR` and pass --model RUN_DIR/best.pt"
+            f"`liverseg train DATASET_DIR --method {method} -o RUN_DIR` and pass --model RUN_DIR/best.pt, "
+            "or rebuild the shipped models with `make models`"
+        )
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise LiverSegError(
+            f"{path}: sha256 {actual[:12]}... differs from the shipped model's {expected[:12]}... ({manifest.name}); "
+            "the file was altered or damaged: restore it from the LiverSeg release (git checkout) or rerun `make models`"
         )
     return path
 

@@ -105,7 +105,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=_positive_int, help="volumes per step (default: the preset's)")
     add("--samples", type=_positive_int, help="patches cropped per volume per step (default: the preset's)")
     add("--lr", type=float, help="initial learning rate (default: the preset's)")
-    add("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation (at least one)")
+    add("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation (at least one); unused when dataset.json has a 'validation' list")
     add("--workers", type=int, default=0, help="data-loading processes (0: the training process; 4-8 with a GPU)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
 
@@ -205,6 +205,15 @@ def _seed_epoch(seed: int, epoch: int, rank: int, transform: Compose) -> None:
 
 
 # --------------------------------------------------------------------------------------------- data
+
+
+def choose_validation(dataset: Path, settings: "TrainSettings") -> Tuple[List[Case], List[Case]]:
+    """The dataset's fixed ``validation`` list when it has one (e.g. a cross-validation fold), else a
+    seeded split of its ``training`` list by ``--val-fraction``."""
+    fixed = load_msd_dataset(dataset, section="validation")
+    if fixed:
+        return load_msd_dataset(dataset), fixed
+    return split_cases(load_msd_dataset(dataset), settings.val_fraction, settings.seed)
 
 
 def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> Tuple[List[Case], List[Case]]:
@@ -341,7 +350,7 @@ class Trainer:
         self.run_dir, self.dataset = run_dir, dataset
         device = world.device
 
-        self.train_cases, self.val_cases = split_cases(load_msd_dataset(dataset), settings.val_fraction, settings.seed)
+        self.train_cases, self.val_cases = choose_validation(dataset, settings)
         if resumed is not None and resumed.training.get("train_cases") != [c.name for c in self.train_cases]:
             raise LiverSegError(f"{dataset}: other cases than the run in {run_dir} was started with; give its dataset")
 
