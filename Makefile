@@ -6,7 +6,7 @@ SHARED := ../shared/data
 SAMPLE := $(SHARED)/imagesTr/totalseg_dicom_example.nii.gz
 OUT := out
 
-.PHONY: demo test install benchmark benchmark-deep models clean
+.PHONY: demo test install benchmark benchmark-deep models report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ benchmark-deep: $(VENV)/.installed
 # Retrains every shipped model from scratch (resumable: run it again after an interruption).
 models: $(VENV)/.installed
 	$(PY) scripts/train_models.py
+
+# Resources/Models/REPORT.md, REPORT.png and measured.json from the shipped models.
+report: $(VENV)/.installed
+	$(PY) scripts/report_models.py
 
 clean:
 	rm -rf $(OUT)

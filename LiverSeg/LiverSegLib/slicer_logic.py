@@ -30,7 +30,7 @@ import numpy as np
 
 from . import mrml
 from .errors import CancelledError, LiverSegError
-from .segmenters import SEGMENTERS, Segmenter, create_segmenter
+from .segmenters import SEGMENTERS, Segmenter, create_segmenter, measured_liver_dice
 from .volume import Volume, check_ct
 
 VOLUMES_TABLE_ROLE = "LiverSegVolumesTable"
@@ -67,7 +67,9 @@ def available_segmenters(model_paths: Optional[Dict[str, str]] = None, device: s
             segmenter = create_segmenter(name, (model_paths or {}).get(name), device)
         except Exception:  # noqa: BLE001 - unavailable for any reason: not listed
             continue
-        out.append((name, getattr(segmenter, "description", "") or description))
+        dice = measured_liver_dice(name)
+        measured = f" (liver Dice {dice:.2f} on unseen real CT)" if dice is not None else ""
+        out.append((name, (getattr(segmenter, "description", "") or description) + measured))
     return out
 
 

@@ -137,3 +137,12 @@ def test_render_png(ctx, scene, tmp_path, rendering):
     out = scenarios.scenario_render(ctx, tmp_path)
     assert out["backend"] in ("vtkEGLRenderWindow", "vtkOSOpenGLRenderWindow", "vtkXOpenGLRenderWindow")
     assert out["foreground_fraction"] > 0.05
+
+
+def test_available_segmenters_show_their_measured_dice(tmp_path, monkeypatch):
+    from LiverSegLib import checkpoint
+
+    monkeypatch.setattr(checkpoint, "MODELS_DIR", tmp_path)
+    (tmp_path / "measured.json").write_text('{"em": 0.913}')
+    descriptions = dict(slicer_logic.available_segmenters())
+    assert descriptions["em"].endswith("(liver Dice 0.91 on unseen real CT)")

@@ -7,6 +7,7 @@ importing a segmenter's module (and so torch, for the deep ones) only when it is
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Dict, Optional, Tuple
 
 from ..errors import MethodUnavailableError
@@ -20,6 +21,15 @@ SEGMENTERS: Dict[str, Tuple[str, str, str]] = {
     "vitautoenc": ("vit_autoencoder", "ViTAutoEncoderSegmenter", "MONAI ViTAutoEnc + segmentation head; needs a trained model"),
     "vae": ("vae", "VAESegmenter", "MONAI VarAutoEncoder, Dice-CE + KL; needs a trained model (--model)"),
 }
+
+
+def measured_liver_dice(name: str) -> Optional[float]:
+    """Mean liver Dice of ``name`` on real CT it never saw, from the checked-in evaluation report
+    (``Resources/Models/measured.json``, written by ``make report``); None when not measured."""
+    from ..checkpoint import MODELS_DIR
+
+    path = MODELS_DIR / "measured.json"
+    return json.loads(path.read_text()).get(name) if path.is_file() else None
 
 
 def create_segmenter(name: str, model_path: Optional[str] = None, device: str = "auto") -> Segmenter:
@@ -42,4 +52,4 @@ def create_segmenter(name: str, model_path: Optional[str] = None, device: str = 
     return getattr(module, class_name)(model_path=model_path, device=device)
 
 
-__all__ = ["SEGMENTERS", "Segmenter", "create_segmenter"]
+__all__ = ["SEGMENTERS", "Segmenter", "create_segmenter", "measured_liver_dice"]
