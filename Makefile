@@ -25,8 +25,7 @@ demo: $(VENV)/.installed
 		echo "No real CT at $(SHARED): segmenting a synthetic phantom instead"; \
 		$(VENV)/bin/liverseg phantom -o $(OUT)/phantom --cases 1 >/dev/null && ct=$(OUT)/phantom/imagesTr/phantom_000.nii.gz; \
 	fi; \
-	$(VENV)/bin/liverseg segment "$$ct" -o $(OUT)/liver.nii.gz --preview $(OUT)/liver_preview.png && \
-	$(VENV)/bin/liverseg segment "$$ct" -o $(OUT)/liver.seg.nrrd
+	$(VENV)/bin/liverseg segment "$$ct" -o $(OUT)/liver.nii.gz -o $(OUT)/liver.seg.nrrd --preview $(OUT)/liver_preview.png
 	@echo "Open $(OUT)/liver.seg.nrrd or $(OUT)/liver.nii.gz in 3D Slicer over the CT; look at $(OUT)/liver_preview.png"
 
 test: $(VENV)/.installed

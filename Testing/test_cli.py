@@ -46,9 +46,8 @@ def test_segment_writes_a_slicer_segmentation(tmp_path, phantom_ct):
 
     ct_path, _ = phantom_ct
     out = tmp_path / "liver.seg.nrrd"
-    assert main(["segment", str(ct_path), "-o", str(out)]) == 0
     labelmap = tmp_path / "liver.nii.gz"
-    assert main(["segment", str(ct_path), "-o", str(labelmap)]) == 0
+    assert main(["segment", str(ct_path), "-o", str(out), "-o", str(labelmap)]) == 0
     from_seg = read_segmentation_labels(out)
     expected = load_volume(labelmap)
     np.testing.assert_array_equal(from_seg.array, expected.array)

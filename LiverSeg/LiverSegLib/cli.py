@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "labelmap on the CT's grid, .seg.nrrd a Slicer segmentation with named, coloured segments.",
     )
     segment.add_argument("ct", help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, or a folder holding one DICOM series")
-    segment.add_argument("-o", "--output", required=True, help="output file: .nii.gz, .nii, .nrrd or .seg.nrrd")
+    segment.add_argument("-o", "--output", required=True, action="append",
+                         help="output file: .nii.gz, .nii, .nrrd or .seg.nrrd (repeat -o to write several)")
     _add_method_arguments(segment)
     segment.add_argument("--preview", help="also write a PNG with axial and coronal overlays")
     segment.set_defaults(run=run_segment)
@@ -105,12 +106,12 @@ def run_segment(args: argparse.Namespace) -> int:
     from .segmenters import create_segmenter
     from .volume import check_writable, load_ct, suffix_of
 
-    output = Path(args.output)
-    suffix = suffix_of(output)
-    if suffix not in LABELMAP_SUFFIXES + (".seg.nrrd",):
-        raise LiverSegError(f"{output}: unknown output type '{suffix}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
+    outputs = [Path(path) for path in args.output]
+    for output in outputs:
+        if suffix_of(output) not in LABELMAP_SUFFIXES + (".seg.nrrd",):
+            raise LiverSegError(f"{output}: unknown output type '{suffix_of(output)}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
     # Check every destination before minutes of work, so a bad path fails fast and writes nothing.
-    for path in filter(None, (args.output, args.preview)):
+    for path in outputs + ([Path(args.preview)] if args.preview else []):
         check_writable(path)
     segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
     ct = load_ct(args.ct)
@@ -123,7 +124,7 @@ def run_segment(args: argparse.Namespace) -> int:
         progress.close()
     seconds = time.perf_counter() - started
 
-    written = [_write_segmentation(ct.with_array(labels), output)]
+    written = [_write_segmentation(ct.with_array(labels), output) for output in outputs]
     if args.preview:
         from .preview import save_preview
 
