@@ -7,21 +7,13 @@ CT -> :func:`to_working_grid` (RAS orientation, working spacing) -> segmenter-sp
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 from monai.data import MetaTensor
-from monai.transforms import (
-    Compose,
-    CropForeground,
-    FillHoles,
-    KeepLargestConnectedComponent,
-    Orientation,
-    ScaleIntensityRange,
-    Spacing,
-)
+from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent, Orientation, Spacing
 
 from .volume import Volume
 
@@ -99,16 +91,6 @@ def _block_covering(mask: np.ndarray, ct_to_working: np.ndarray, ct_shape: Seque
     if np.any(stop <= start):
         return None
     return start, stop
-
-
-def normalise_hu(image: torch.Tensor, window: Tuple[float, float] = (-200.0, 300.0)) -> torch.Tensor:
-    """Clip HU to ``window`` and scale it to 0..1 (the soft-tissue window keeps liver contrast)."""
-    return ScaleIntensityRange(a_min=window[0], a_max=window[1], b_min=0.0, b_max=1.0, clip=True)(image)
-
-
-def crop_to_body(image: MetaTensor, margin: int = 2) -> MetaTensor:
-    """Crop to the bounding box of the body (HU > -500) plus ``margin`` voxels; invertible like the rest."""
-    return CropForeground(select_fn=lambda x: x > BODY_HU, margin=margin)(image)
 
 
 def clean_labels(labels: np.ndarray) -> np.ndarray:
