@@ -96,8 +96,9 @@ def _block_covering(mask: np.ndarray, ct_to_working: np.ndarray, ct_shape: Seque
 def clean_labels(labels: np.ndarray) -> np.ndarray:
     """Post-processing shared by all segmenters.
 
-    Keeps the largest connected liver (liver + tumour) component, fills its holes (vessels and lesions
-    the model missed are part of the organ), and keeps tumour only inside that liver.
+    Keeps the largest connected piece of liver, the tumours touching it (a tumour never bridges the
+    liver to a neighbour organ wrongly labelled liver), and fills the holes of that organ (vessels and
+    lesions the segmenter missed are part of it).
 
     Args:
         labels: uint8 (X, Y, Z) with values 0/1/2.
@@ -105,12 +106,15 @@ def clean_labels(labels: np.ndarray) -> np.ndarray:
     Returns:
         uint8 (X, Y, Z) labelmap, same shape.
     """
-    organ = torch.from_numpy(labels >= LIVER)[None]
-    if not organ.any():
+    liver = labels == LIVER if (labels == LIVER).any() else labels >= LIVER
+    if not liver.any():
         return np.zeros_like(labels, dtype=np.uint8)
-    organ = KeepLargestConnectedComponent(applied_labels=[1], connectivity=1)(organ.to(torch.uint8))
-    organ = FillHoles(applied_labels=[1])(organ)
-    organ_mask = np.asarray(organ[0], dtype=bool)
-    cleaned = organ_mask.astype(np.uint8)
-    cleaned[organ_mask & (labels == TUMOUR)] = TUMOUR
+    largest = KeepLargestConnectedComponent(applied_labels=[1], connectivity=1)(torch.from_numpy(liver[None]).to(torch.uint8))
+    organ = np.asarray(largest[0], dtype=bool)
+    tumours, _ = ndimage.label(labels == TUMOUR)
+    touching = np.unique(tumours[ndimage.binary_dilation(organ) & (tumours > 0)])
+    organ |= np.isin(tumours, touching)
+    organ = np.asarray(FillHoles(applied_labels=[1])(torch.from_numpy(organ[None]).to(torch.uint8))[0], dtype=bool)
+    cleaned = organ.astype(np.uint8)
+    cleaned[organ & (labels == TUMOUR)] = TUMOUR
     return cleaned
