@@ -45,8 +45,8 @@ SHIPPED_FOLD = "holdout_totalseg_dicom_example"
 RECIPES: Dict[str, List[str]] = {
     "unet": ["--epochs", "60", "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"],
     "autoencoder": ["--epochs", "30", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
-    "vitautoenc": ["--epochs", "30", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
     "vae": ["--epochs", "30", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
+    "vitautoenc": ["--epochs", "20", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
 }
 
 
