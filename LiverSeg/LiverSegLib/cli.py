@@ -63,16 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     phantom.set_defaults(run=run_phantom)
 
+    from .training import add_train_arguments, run_train
+
     train = commands.add_parser("train", help="train a deep segmenter on an MSD-layout dataset")
-    try:
-        from .training import add_train_arguments, run_train
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.training":
-            raise
-        train.set_defaults(run=_training_unavailable)
-    else:
-        add_train_arguments(train)
-        train.set_defaults(run=run_train)
+    add_train_arguments(train)
+    train.set_defaults(run=run_train)
     return parser
 
 
@@ -80,10 +75,6 @@ def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="em", choices=list(SEGMENTERS), help="segmenter (default: em)")
     parser.add_argument("--model", help="checkpoint of a deep segmenter (default: the shipped model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where deep segmenters run")
-
-
-def _training_unavailable(args: argparse.Namespace) -> int:
-    raise LiverSegError("training is not available in this version of LiverSeg yet")
 
 
 class ProgressBar:

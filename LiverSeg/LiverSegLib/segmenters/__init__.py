@@ -36,19 +36,12 @@ def create_segmenter(name: str, model_path: Optional[str] = None, device: str = 
     """Build the segmenter called ``name``.
 
     Raises:
-        MethodUnavailableError: unknown name, or a method that is not available in this version.
+        MethodUnavailableError: unknown name, or a deep method without a model (see the message).
     """
     if name not in SEGMENTERS:
         raise MethodUnavailableError(f"unknown method '{name}'; choose one of {', '.join(SEGMENTERS)}")
     module_name, class_name, _ = SEGMENTERS[name]
-    try:
-        module = importlib.import_module(f"{__name__}.{module_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{module_name}":
-            raise
-        raise MethodUnavailableError(
-            f"method '{name}' is not available in this version of LiverSeg yet; use --method em"
-        ) from None
+    module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, class_name)(model_path=model_path, device=device)
 
 
