@@ -110,6 +110,7 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
 
     torch.set_num_threads(threads)
     from LiverSegLib.checkpoint import Checkpoint
+    from LiverSegLib.evaluation import peak_rss_mb
     from LiverSegLib.segmenters import create_segmenter
     from LiverSegLib.segmenters.deep import count_parameters, deep_segmenter_class
     from LiverSegLib.volume import load_ct
@@ -135,7 +136,7 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
             torch.cuda.synchronize()
         finished = time.perf_counter()
         segment_cpu = _cpu_seconds() - cpu_before
-        peak_rss_gb = _peak_rss_gb()
+        peak_rss_gb = peak_rss_mb() / 1024
 
     row = {
         "method": method,
@@ -183,18 +184,6 @@ def _train_step_seconds(cls: Any, config: Any, network: Any, device: Any, steps:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - started) / steps
-
-
-def _peak_rss_gb() -> float:
-    """This process's peak resident memory (VmHWM).
-
-    Not ``ru_maxrss``: Linux carries that over from the parent across fork and exec, so a child of the
-    process that generated the CT would report the parent's peak.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # not Linux: kB on most systems
 
 
 def _cpu_seconds() -> float:

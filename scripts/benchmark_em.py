@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,13 +38,16 @@ def main() -> int:
         env = dict(os.environ, PYTHONPATH=str(REPOSITORY / "LiverSeg"), OMP_NUM_THREADS=str(args.threads),
                    MKL_NUM_THREADS=str(args.threads))
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "LiverSegLib.cli", "segment", str(ct_path), "-o",
-                                 str(Path(folder) / "liver.nii.gz")], capture_output=True, text=True, env=env)
+        # The CLI in a fresh process, as a user runs it, printing its own peak memory at the end.
+        command = ("import sys; from LiverSegLib.cli import main; from LiverSegLib.evaluation import peak_rss_mb; "
+                   f"rc = main(['segment', {str(ct_path)!r}, '-o', {str(Path(folder) / 'liver.nii.gz')!r}]); "
+                   "print(f'peak RSS {peak_rss_mb():.0f} MB'); sys.exit(rc)")
+        result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
         if result.returncode:
             print(result.stderr, file=sys.stderr)
             return result.returncode
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    peak_gb = float(re.search(r"peak RSS (\d+) MB", result.stdout).group(1)) / 1024
     segment_seconds = float(re.search(r"([\d.]+) s\n", result.stdout).group(1))
     print(f"EM on a {'x'.join(map(str, args.shape))} CT, {args.threads} threads:")
     print(f"  segmentation {segment_seconds:.1f} s (target 30 s: {segment_seconds / 30:.2f} of it)")

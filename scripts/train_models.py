@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def train(method: str, fold: str, dataset: Path, work: Path, device: str) -> Pat
     started = time.perf_counter()
     events = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPOSITORY,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPOSITORY / "LiverSeg")}) as process:
+                          env={**os.environ, "PYTHONPATH": str(REPOSITORY / "LiverSeg")}) as process:
         for line in process.stdout:
             if line.startswith("{"):
                 event = json.loads(line)
@@ -154,8 +155,6 @@ def main() -> int:
 
 def ship(method: str, work: Path) -> None:
     """Store the shipped fold's best checkpoint in fp16 with its card and sha256."""
-    import torch
-
     from LiverSegLib.checkpoint import Checkpoint
 
     runs = work / "runs" / method

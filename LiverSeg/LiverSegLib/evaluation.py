@@ -76,8 +76,17 @@ def _fmt(value: float) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident memory of this process so far.
+
+    Linux's VmHWM, not ``ru_maxrss``: Linux carries that over from the parent across fork and exec, so
+    a process started by one that held a large CT would report the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
