@@ -16,12 +16,14 @@ interruption continues where it stopped; ``--resume`` is passed to training runs
    in fp16 as ``Resources/Models/<method>.pt`` with a model card ``<method>.md`` and its sha256 in
    ``Resources/Models/models.json``.
 
-Usage: python scripts/train_models.py [--methods unet ...] [--work out/models] [--device auto]
+Usage: python scripts/train_models.py [--methods unet ...] [--work out/models] [--device auto] [--jobs 2]
+       python scripts/train_models.py --ablation   (what each augmentation lever adds to the U-Net)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -29,6 +31,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
@@ -42,12 +45,25 @@ N_PHANTOMS = 4
 SEED = 0
 SHIPPED_FOLD = "holdout_totalseg_dicom_example"
 
-# Per method: epochs and the options that make CPU training fit in minutes (documented in the cards).
+NO_LEVERS = ["--partial-scan-prob", "0", "--label-intensity-prob", "0"]
+LEVERS = ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0.3"]
+UNET = ["--epochs", "60", "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"]
+SMALL = ["--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"]
+
+# Per method: epochs, the options that make CPU training fit in minutes, and the augmentation levers
+# (documented in the cards). The smaller networks were trained before the levers existed.
 RECIPES: Dict[str, List[str]] = {
-    "unet": ["--epochs", "60", "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"],
-    "autoencoder": ["--epochs", "30", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
-    "vae": ["--epochs", "30", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
-    "vitautoenc": ["--epochs", "20", "--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"],
+    "unet": UNET + LEVERS,
+    "autoencoder": ["--epochs", "30", *SMALL, *NO_LEVERS],
+    "vae": ["--epochs", "30", *SMALL, *NO_LEVERS],
+    "vitautoenc": ["--epochs", "20", *SMALL, *NO_LEVERS],
+}
+
+# ``--ablation``: what each lever adds to the U-Net, by the same leave-one-out (runs/ablation/<variant>).
+ABLATION: Dict[str, List[str]] = {
+    "unet_no_levers": UNET + NO_LEVERS,
+    "unet_partial_scan": UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"],
+    "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
 }
 
 
@@ -111,25 +127,26 @@ def prepare_data(work: Path) -> Dict[str, Path]:
     return folds
 
 
-def train(method: str, fold: str, dataset: Path, work: Path, device: str) -> Path:
-    run = work / "runs" / method / fold
+def train(method: str, options: List[str], fold: str, dataset: Path, run: Path, device: str, threads: int) -> Path:
+    """One training run of ``method`` with ``options`` on a fold, in ``run``; resumed or skipped when begun or done."""
     if (run / "done.json").exists():
         return run
     command = [sys.executable, "-m", "LiverSegLib.cli", "train", str(dataset), "--method", method, "-o", str(run),
-               "--seed", str(SEED), "--device", device, *RECIPES[method]]
+               "--seed", str(SEED), "--device", device, *options]
     if (run / "last.pt").exists():
         command.append("--resume")
     log(f"training {method} on {fold}: {' '.join(command[3:])}")
     started = time.perf_counter()
     events = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPOSITORY,
-                          env={**os.environ, "PYTHONPATH": str(REPOSITORY / "LiverSeg")}) as process:
+                          env={**os.environ, "PYTHONPATH": str(REPOSITORY / "LiverSeg"),
+                               "OMP_NUM_THREADS": str(threads)}) as process:
         for line in process.stdout:
             if line.startswith("{"):
                 event = json.loads(line)
                 events.append(event)
                 if event["event"] == "epoch" and event["epoch"] % 10 == 0:
-                    log(f"  {method}/{fold} epoch {event['epoch']}: loss {event['loss']:.3f}, liver Dice {event['dice_liver']}")
+                    log(f"  {run.parent.name}/{fold} epoch {event['epoch']}: loss {event['loss']:.3f}, liver Dice {event['dice_liver']}")
     if process.returncode:
         raise SystemExit(f"training {method} on {fold} failed (exit {process.returncode}); rerun to resume")
     cases = {e["case"]: e for e in events if e["event"] == "case"}
@@ -142,13 +159,33 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--work", type=Path, default=REPOSITORY / "out" / "models")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="folds trained at once, sharing the CPU cores equally")
+    parser.add_argument("--ablation", action="store_true", help="train the U-Net variants of ABLATION instead")
     args = parser.parse_args()
     if not (SHARED / "dataset.json").is_file():
         raise SystemExit(f"the real CT sample is needed at {SHARED}")
     folds = prepare_data(args.work)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+
+    def train_folds(method: str, options: List[str], runs: Path) -> None:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for done in [pool.submit(train, method, options, fold, dataset, runs / fold, args.device, threads)
+                         for fold, dataset in folds.items()]:
+                done.result()
+
+    if args.ablation:
+        summary = {}
+        for variant, options in {**ABLATION, "unet_both_levers": RECIPES["unet"]}.items():
+            # The shipped recipe is one of the variants: its runs are shared with `make models`.
+            runs = args.work / "runs" / ("unet" if options == RECIPES["unet"] else f"ablation/{variant}")
+            train_folds("unet", options, runs)
+            summary[variant] = {"options": " ".join(options), "cases": fold_scores(runs)}
+        (MODELS / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log(f"wrote {MODELS / 'ablation.json'}")
+        return 0
     for method in args.methods:
-        for fold, dataset in folds.items():
-            train(method, fold, dataset, args.work, args.device)
+        train_folds(method, RECIPES[method], args.work / "runs" / method)
         ship(method, args.work)
     return 0
 
@@ -162,7 +199,7 @@ def ship(method: str, work: Path) -> None:
     checkpoint.state_dict = {k: (v.half() if v.is_floating_point() else v) for k, v in checkpoint.state_dict.items()}
     checkpoint.resume = None
     folds = {fold.name: json.loads((fold / "done.json").read_text()) for fold in sorted(runs.iterdir())}
-    checkpoint.metrics = {**checkpoint.metrics, "cross_validation": {f: d["cases"] for f, d in folds.items()}}
+    checkpoint.metrics = {**checkpoint.metrics, "cross_validation": fold_scores(runs)}
     target = MODELS / f"{method}.pt"
     MODELS.mkdir(parents=True, exist_ok=True)
     checkpoint.save(target)
@@ -175,15 +212,30 @@ def ship(method: str, work: Path) -> None:
     log(f"shipped {target} ({target.stat().st_size / 2**20:.1f} MB, sha256 {digest[:12]}...)")
 
 
+def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
+    """Held-out case -> its liver Dice at the best epoch (chosen on that case: optimistic) and at the last
+    epoch (no choice made), and the fold's training minutes."""
+    scores = {}
+    for fold in sorted(runs.iterdir()):
+        done = json.loads((fold / "done.json").read_text())
+        with open(fold / "metrics.csv") as handle:
+            last = list(csv.DictReader(handle))[-1]
+        for case, best in done["cases"].items():
+            scores[case] = {"fold": fold.name, "dice_liver": best["dice_liver"],
+                            "dice_liver_last_epoch": round(float(last["dice_liver"]), 4),
+                            "dice_tumour": best["dice_tumour"], "minutes": round(done["seconds"] / 60, 1)}
+    return scores
+
+
 def model_card(method: str, checkpoint, folds: Dict[str, dict], digest: str, target: Path) -> str:
     import monai
     import torch
 
     rows = []
-    for fold, done in folds.items():
-        for case, scores in done["cases"].items():
-            rows.append(f"| {fold} | {case} | {scores['dice_liver']:.3f} | {scores['dice_tumour'] if scores['dice_tumour'] is not None else 'n/a'} "
-                        f"| {done['seconds'] / 60:.1f} |")
+    for case, scores in checkpoint.metrics["cross_validation"].items():
+        tumour = scores["dice_tumour"] if scores["dice_tumour"] is not None else "n/a"
+        rows.append(f"| {scores['fold']} | {case} | {scores['dice_liver']:.3f} | {scores['dice_liver_last_epoch']:.3f} "
+                    f"| {tumour} | {scores['minutes']:.1f} |")
     shipped = folds[SHIPPED_FOLD]
     return "\n".join([
         f"# LiverSeg model card: `{method}`",
@@ -203,12 +255,13 @@ def model_card(method: str, checkpoint, folds: Dict[str, dict], digest: str, tar
         "",
         "## Leave-one-out validation (each row: a real CT the model never saw)",
         "",
-        "| fold | held-out case | Dice liver | Dice tumour | training minutes |",
-        "|---|---|---|---|---|",
+        "| fold | held-out case | Dice liver, best epoch | Dice liver, last epoch | Dice tumour | training minutes |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
-        "Dice per volume at the CT's own resolution, of the epoch with the best Dice on that same held-out case "
-        "(with two labelled CTs there is no third to select on), so it is optimistic by that choice. The references "
+        "Dice per volume at the CT's own resolution. *Best epoch*: the epoch with the best Dice on that same held-out "
+        "case (with two labelled CTs there is no third to select on), optimistic by that choice; the shipped weights are "
+        "that epoch's. *Last epoch*: the final weights, no choice made. The references "
         "are TotalSegmentator predictions and hold no tumour, so tumour Dice is not measurable on real CT here.",
         "",
     ])

@@ -51,19 +51,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
-from monai.transforms import (
-    Compose,
-    RandAffined,
-    RandCropByPosNegLabeld,
-    RandGaussianNoised,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
-)
+from monai.transforms import Compose
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .augmentation import training_transforms
 from .checkpoint import Checkpoint, ModelConfig
 from .dataset import Case, load_msd_dataset, read_case
 from .errors import LiverSegError
@@ -107,6 +100,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, help="initial learning rate (default: the preset's)")
     add("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation (at least one); unused when dataset.json has a 'validation' list")
     add("--workers", type=int, default=0, help="data-loading processes (0: the training process; 4-8 with a GPU)")
+    add("--partial-scan-prob", type=float, default=0.3,
+        help="probability of cutting a training volume to a 3-12 cm slab through the liver (partial scans; 0: off)")
+    add("--label-intensity-prob", type=float, default=0.3,
+        help="probability of shifting the liver's and tumour's intensity each by its own offset (contrast phases; 0: off)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
 
 
@@ -132,6 +129,8 @@ class TrainSettings:
     val_fraction: float
     cache_rate: float
     workers: int
+    partial_scan_prob: float = 0.0  # runs started before these options existed trained without them
+    label_intensity_prob: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -148,11 +147,17 @@ class TrainSettings:
             val_fraction=args.val_fraction,
             cache_rate=args.cache_rate,
             workers=args.workers,
+            partial_scan_prob=args.partial_scan_prob,
+            label_intensity_prob=args.label_intensity_prob,
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
         if not 0.0 <= settings.cache_rate <= 1.0:
             raise LiverSegError(f"--cache-rate {settings.cache_rate}: must lie between 0 and 1")
+        for option, value in (("--partial-scan-prob", settings.partial_scan_prob),
+                              ("--label-intensity-prob", settings.label_intensity_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise LiverSegError(f"{option} {value}: a probability lies between 0 and 1 (e.g. 0.3)")
         if settings.workers < 0:
             raise LiverSegError(f"--workers {settings.workers}: must be 0 or more")
         if not settings.learning_rate > 0.0:
@@ -236,34 +241,6 @@ def _read_training_case(item: Dict[str, Any]) -> Dict[str, Any]:
     """Dataset item {name, image, label paths} -> {"image": CT (1, I, J, K) HU, "label": (1, I, J, K)}."""
     ct, labels = read_case(Case(item["name"], Path(item["image"]), Path(item["label"])))
     return {"name": item["name"], "image": volume_to_metatensor(ct), "label": volume_to_metatensor(labels)}
-
-
-def training_transforms(config: ModelConfig, samples: int) -> Compose:
-    """Read, preprocess as at inference (cached), then random patches with augmentation (per step).
-
-    Output per volume: ``samples`` dicts with image (1, *patch) in 0..1 and label (1, *patch) 0/1/2.
-    """
-    prep = config.preprocessing
-    keys = ("image", "label")
-    return Compose(
-        [
-            _read_training_case,
-            *preprocessing_transforms(prep, keys),
-            # Volumes smaller than a patch are padded with 0 (below the HU window, like air).
-            SpatialPadd(keys, spatial_size=prep.patch_size),
-            # Two of three patches centred on liver or tumour: the liver fills a few percent of a scan.
-            RandCropByPosNegLabeld(keys, label_key="label", spatial_size=prep.patch_size, pos=2, neg=1,
-                                   num_samples=samples, image_key="image", image_threshold=0.0),
-            # Patients lie supine: small rotations (mostly about the S axis) and size changes, no flips
-            # (the liver is on the right).
-            RandAffined(keys, prob=0.3, rotate_range=(0.05, 0.05, 0.2), scale_range=(0.1, 0.1, 0.1),
-                        mode=("bilinear", "nearest"), padding_mode="border"),
-            # Scanners and contrast phases shift and scale HU; noise differs with dose.
-            RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.05, prob=0.5),
-            RandGaussianNoised("image", std=0.01, prob=0.2),
-        ]
-    )
 
 
 @dataclass
@@ -374,7 +351,10 @@ class Trainer:
             else self.network
         )
 
-        self.transform = training_transforms(config, settings.samples_per_volume)
+        self.transform = training_transforms(
+            _read_training_case, config, settings.samples_per_volume, settings.partial_scan_prob,
+            settings.label_intensity_prob,
+        )
         items = [{"name": c.name, "image": str(c.image_path), "label": str(c.label_path)} for c in self.train_cases]
         cached = CacheDataset(
             items, self.transform, cache_rate=settings.cache_rate, num_workers=max(1, settings.workers), progress=False
