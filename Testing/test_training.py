@@ -104,16 +104,20 @@ def test_undefined_dice_is_null_and_a_patch_larger_than_the_volumes_is_padded(
 
 
 def _state(path: Path) -> Dict[str, torch.Tensor]:
-    return Checkpoint.load(path).state_dict
+    """The saved weights (the moving average with --ema) and, in last.pt, the trained ones behind it."""
+    checkpoint = Checkpoint.load(path)
+    raw = (checkpoint.resume or {}).get("network", {})
+    return {**checkpoint.state_dict, **{f"trained.{name}": value for name, value in raw.items()}}
 
 
 def test_resume_after_kill_finishes_like_an_uninterrupted_run(
     phantoms: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     epochs = 4
-    # Every random transform on (the levers often), so resuming must replay all of their draws.
+    # Every random transform on (the levers often), so resuming must replay all of their draws; the
+    # weight average must carry over too.
     command = [sys.executable, "-m", "LiverSegLib.cli", "train", str(phantoms), "--method", "unet", "--epochs", str(epochs),
-               *TINY, "--partial-scan-prob", "0.5", "--label-intensity-prob", "0.5"]
+               *TINY, "--partial-scan-prob", "0.5", "--label-intensity-prob", "0.5", "--ema", "0.9"]
     straight = subprocess.run(command + ["-o", str(tmp_path / "straight")], env=_subprocess_env(), capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
 
@@ -135,7 +139,10 @@ def test_resume_after_kill_finishes_like_an_uninterrupted_run(
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == list(range(1, epochs + 1))
 
     expected, actual = _state(tmp_path / "straight" / "last.pt"), _state(tmp_path / "killed" / "last.pt")
+    assert expected.keys() == actual.keys() and any(name.startswith("trained.") for name in expected)
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    averaged = [name for name in expected if f"trained.{name}" in expected and expected[name].is_floating_point()]
+    assert not all(torch.equal(expected[name], expected[f"trained.{name}"]) for name in averaged), "an average was saved"
     assert Checkpoint.load(tmp_path / "killed" / "last.pt").resume["epoch"] == epochs
 
     # Resuming a finished run only reports it again; a new run will not overwrite it.
@@ -196,6 +203,8 @@ def test_bad_options_are_clear_errors(phantoms: Path, tmp_path: Path) -> None:
         training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "b"), "--val-fraction", "1.5"))
     with pytest.raises(LiverSegError, match="--partial-scan-prob 1.5: a probability"):
         training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "d"), "--partial-scan-prob", "1.5"))
+    with pytest.raises(LiverSegError, match="--ema 1.0: the decay"):
+        training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "f"), "--ema", "1"))
     with pytest.raises(LiverSegError, match="--label-intensity-prob -0.1: a probability"):
         training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "e"), "--label-intensity-prob", "-0.1"))
     with pytest.raises(SystemExit):

@@ -64,6 +64,7 @@ ABLATION: Dict[str, List[str]] = {
     "unet_no_levers": UNET + NO_LEVERS,
     "unet_partial_scan": UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"],
     "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
+    "unet_both_levers_ema": UNET + LEVERS + ["--ema", "0.98"],
 }
 
 

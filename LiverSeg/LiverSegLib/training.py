@@ -53,6 +53,7 @@ import torch.distributed as dist
 from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
 from monai.transforms import Compose
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -104,6 +105,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="probability of cutting a training volume to a 3-12 cm slab through the liver (partial scans; 0: off)")
     add("--label-intensity-prob", type=float, default=0.3,
         help="probability of shifting the liver's and tumour's intensity each by its own offset (contrast phases; 0: off)")
+    add("--ema", type=float, default=0.0, metavar="DECAY",
+        help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.99; 0: off)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
 
 
@@ -131,6 +134,7 @@ class TrainSettings:
     workers: int
     partial_scan_prob: float = 0.0  # runs started before these options existed trained without them
     label_intensity_prob: float = 0.0
+    ema_decay: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -149,6 +153,7 @@ class TrainSettings:
             workers=args.workers,
             partial_scan_prob=args.partial_scan_prob,
             label_intensity_prob=args.label_intensity_prob,
+            ema_decay=args.ema,
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
@@ -158,6 +163,8 @@ class TrainSettings:
                               ("--label-intensity-prob", settings.label_intensity_prob)):
             if not 0.0 <= value <= 1.0:
                 raise LiverSegError(f"{option} {value}: a probability lies between 0 and 1 (e.g. 0.3)")
+        if not 0.0 <= settings.ema_decay < 1.0:
+            raise LiverSegError(f"--ema {settings.ema_decay}: the decay lies in [0, 1) (e.g. 0.99; 0: off)")
         if settings.workers < 0:
             raise LiverSegError(f"--workers {settings.workers}: must be 0 or more")
         if not settings.learning_rate > 0.0:
@@ -333,6 +340,14 @@ class Trainer:
 
         torch.manual_seed(settings.seed)  # the same initial weights on every rank and every rerun
         self.network = segmenter.build_network(config.preprocessing.patch_size, **config.network).to(device)
+        # What is validated and saved: an exponential moving average of the weights when asked for, which
+        # smooths the epoch-to-epoch swings of a network trained on a handful of volumes.
+        self.averaged = (
+            AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
+            if settings.ema_decay > 0
+            else None
+        )
+        self.inference_network = self.averaged.module if self.averaged is not None else self.network
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -343,7 +358,7 @@ class Trainer:
             self._restore(resumed)
         if world.main:  # a fresh file, or the resumed run's history without rows a killed run wrote after last.pt
             _write_metrics(run_dir / METRICS, self.history)
-        self.model = DeepModel(self.network, config, segmenter.logits, device)  # validation, on the bare network
+        self.model = DeepModel(self.inference_network, config, segmenter.logits, device)  # validation
         # What training steps call: a DDP wrapper averaging gradients over the ranks, or the network itself.
         self.training_network = (
             DistributedDataParallel(self.network, device_ids=[device.index] if device.type == "cuda" else None)
@@ -385,7 +400,10 @@ class Trainer:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.resume
-        self.network.load_state_dict(checkpoint.state_dict)
+        self.inference_network.load_state_dict(checkpoint.state_dict)
+        if self.averaged is not None:  # the checkpoint's weights are the average; the trained ones are here
+            self.network.load_state_dict(state["network"])
+            self.averaged.n_averaged.copy_(state["n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -451,6 +469,8 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.averaged is not None:
+                    self.averaged.update_parameters(self.network)
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -492,7 +512,7 @@ class Trainer:
             "world_size": self.world.size,
         }
         checkpoint = Checkpoint(
-            self.config, self.network.state_dict(), training, {"history": self.history, "best": self.best}
+            self.config, self.inference_network.state_dict(), training, {"history": self.history, "best": self.best}
         )
         if best:
             checkpoint.save(self.run_dir / BEST)
@@ -502,6 +522,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
+        if self.averaged is not None:
+            checkpoint.resume.update(network=self.network.state_dict(), n_averaged=self.averaged.n_averaged)
         checkpoint.save(self.run_dir / LAST)
 
 
