@@ -63,8 +63,8 @@ RECIPES: Dict[str, List[str]] = {
 ABLATION: Dict[str, List[str]] = {
     "unet_no_levers": UNET + NO_LEVERS,
     "unet_partial_scan": UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"],
-    "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
     "unet_both_levers_ema": UNET + LEVERS + ["--ema", "0.98"],
+    "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
 }
 
 
@@ -199,7 +199,6 @@ def ship(method: str, work: Path) -> None:
     checkpoint = Checkpoint.load(runs / SHIPPED_FOLD / "best.pt", method=method)
     checkpoint.state_dict = {k: (v.half() if v.is_floating_point() else v) for k, v in checkpoint.state_dict.items()}
     checkpoint.resume = None
-    folds = {fold.name: json.loads((fold / "done.json").read_text()) for fold in sorted(runs.iterdir())}
     checkpoint.metrics = {**checkpoint.metrics, "cross_validation": fold_scores(runs)}
     target = MODELS / f"{method}.pt"
     MODELS.mkdir(parents=True, exist_ok=True)
@@ -209,7 +208,7 @@ def ship(method: str, work: Path) -> None:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[method] = {"file": target.name, "sha256": digest}
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (MODELS / f"{method}.md").write_text(model_card(method, checkpoint, folds, digest, target))
+    (MODELS / f"{method}.md").write_text(model_card(method, checkpoint, digest, target))
     log(f"shipped {target} ({target.stat().st_size / 2**20:.1f} MB, sha256 {digest[:12]}...)")
 
 
@@ -220,15 +219,17 @@ def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
     for fold in sorted(runs.iterdir()):
         done = json.loads((fold / "done.json").read_text())
         with open(fold / "metrics.csv") as handle:
-            last = list(csv.DictReader(handle))[-1]
+            epochs = list(csv.DictReader(handle))
+        # Summed over the epochs (training and validation), so time before an interruption counts too.
+        minutes = round(sum(float(epoch["seconds"]) for epoch in epochs) / 60, 1)
         for case, best in done["cases"].items():
             scores[case] = {"fold": fold.name, "dice_liver": best["dice_liver"],
-                            "dice_liver_last_epoch": round(float(last["dice_liver"]), 4),
-                            "dice_tumour": best["dice_tumour"], "minutes": round(done["seconds"] / 60, 1)}
+                            "dice_liver_last_epoch": round(float(epochs[-1]["dice_liver"]), 4),
+                            "dice_tumour": best["dice_tumour"], "minutes": minutes}
     return scores
 
 
-def model_card(method: str, checkpoint, folds: Dict[str, dict], digest: str, target: Path) -> str:
+def model_card(method: str, checkpoint, digest: str, target: Path) -> str:
     import monai
     import torch
 
@@ -237,13 +238,13 @@ def model_card(method: str, checkpoint, folds: Dict[str, dict], digest: str, tar
         tumour = scores["dice_tumour"] if scores["dice_tumour"] is not None else "n/a"
         rows.append(f"| {scores['fold']} | {case} | {scores['dice_liver']:.3f} | {scores['dice_liver_last_epoch']:.3f} "
                     f"| {tumour} | {scores['minutes']:.1f} |")
-    shipped = folds[SHIPPED_FOLD]
+    shipped = next(scores for scores in checkpoint.metrics["cross_validation"].values() if scores["fold"] == SHIPPED_FOLD)
     return "\n".join([
         f"# LiverSeg model card: `{method}`",
         "",
         f"- File: `{target.name}` ({target.stat().st_size / 2**20:.1f} MB, fp16 weights), sha256 `{digest}`.",
         f"- Network and preprocessing: `{json.dumps(checkpoint.config.to_dict())}`.",
-        f"- Shipped fold: `{SHIPPED_FOLD}` (trained {shipped['seconds'] / 60:.1f} min).",
+        f"- Shipped fold: `{SHIPPED_FOLD}` (trained {shipped['minutes']:.1f} min).",
         f"- Trained by `make models` (`scripts/train_models.py`, seed {SEED}) with options `{' '.join(RECIPES[method])}` "
         f"on {platform.processor() or platform.machine()}, torch {torch.__version__}, MONAI {monai.__version__}, Python {platform.python_version()}.",
         "",
