@@ -6,7 +6,7 @@ SHARED := ../shared/data
 SAMPLE := $(SHARED)/imagesTr/totalseg_dicom_example.nii.gz
 OUT := out
 
-.PHONY: demo test install benchmark benchmark-deep models report clean
+.PHONY: demo test install benchmark benchmark-deep models ablation report clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ benchmark-deep: $(VENV)/.installed
 # Retrains every shipped model from scratch (resumable: run it again after an interruption).
 models: $(VENV)/.installed
 	$(PY) scripts/train_models.py
+
+# What each training lever adds to the U-Net, by leave-one-out (Resources/Models/ablation.json; resumable).
+ablation: $(VENV)/.installed
+	$(PY) scripts/train_models.py --ablation --jobs 2
 
 # Resources/Models/REPORT.md, REPORT.png and measured.json from the shipped models.
 report: $(VENV)/.installed
