@@ -234,6 +234,22 @@ def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
     return scores
 
 
+def lever_lines(options: List[str]) -> List[str]:
+    """Model-card lines saying which of our levers a recipe used (see LiverSegLib.augmentation)."""
+    def value(flag: str) -> float:
+        return float(options[options.index(flag) + 1]) if flag in options else 0.0
+
+    levers = [
+        ("--partial-scan-prob", "partial-scan slabs (3-12 cm through the liver), probability {}: the held-out 20-slice CT "
+                                "is such a slab"),
+        ("--label-intensity-prob", "per-label intensity shifts (SynthSeg's idea), probability {}: contrast phases differ "
+                                   "between the CTs"),
+        ("--ema", "moving average of the weights, decay {} per step: steadies the epoch-to-epoch swings"),
+    ]
+    return [f"- {'On' if value(flag) else 'Off'}: {text.format(value(flag)) if value(flag) else text.split(',')[0]}."
+            for flag, text in levers]
+
+
 def model_card(method: str, checkpoint, digest: str, target: Path) -> str:
     import monai
     import torch
@@ -259,6 +275,13 @@ def model_card(method: str, checkpoint, digest: str, target: Path) -> str:
         "- Pseudo-labels made by LiverSeg's EM segmenter on the unlabelled CTs (TCIA Colorectal-Liver-Metastases, "
         "doi:10.7937/QXK2-QG03, and HCC-TACE-Seg, doi:10.7937/TCIA.5FNA-0924; CC BY 4.0; cite as in `../shared/data/README.md`).",
         f"- {N_PHANTOMS} synthetic phantoms (LiverSegLib.phantom, seed {SEED}), the only source of tumour labels.",
+        "",
+        "## Levers against the small data",
+        "- Self-training: EM pseudo-labels of the unlabelled CTs, each kept only when its liver is "
+        f"{PSEUDO_LIVER_ML[0]:.0f}-{PSEUDO_LIVER_ML[1]:.0f} ml (a case-level confidence filter; EM's tumour calls are dropped).",
+        "- MONAI's spatial (rotation, scaling) and intensity (scale, shift, noise) augmentation.",
+        *lever_lines(RECIPES[method]),
+        "- What each lever adds to the U-Net, by the same leave-one-out: `REPORT.md`, section *what each training lever adds*.",
         "",
         "## Leave-one-out validation (each row: a real CT the model never saw)",
         "",
