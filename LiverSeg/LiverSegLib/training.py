@@ -5,9 +5,9 @@
 
 The pipeline is MONAI's canonical one: cases read and put on the working grid once (CacheDataset,
 with the very transforms inference uses, :func:`~LiverSegLib.segmenters.deep.preprocessing_transforms`),
-then per step class-balanced patches (RandCropByPosNegLabeld) with spatial and intensity augmentation,
-Dice-CE loss (plus KL for the VAE), AdamW with a cosine schedule (RMSprop for the paper preset), mixed
-precision on CUDA. After each epoch every held-out volume is segmented whole, by sliding windows, and
+then per step class-balanced patches (RandCropByPosNegLabeld) with spatial and intensity augmentation
+(:mod:`~LiverSegLib.augmentation`, with our partial-scan and per-label intensity transforms), Dice-CE loss (plus KL for the VAE), AdamW with a cosine schedule (RMSprop for the paper preset), mixed
+precision on CUDA, optionally a moving average of the weights (``--ema``). After each epoch every held-out volume is segmented whole, by sliding windows, and
 scored at the CT's own resolution.
 
 Output, for a GUI to follow (rank 0 only): one JSON object per line on stdout::
@@ -69,7 +69,6 @@ from .segmenters.deep import (
     choose_device,
     deep_segmenter_class,
     is_out_of_memory,
-    preprocessing_transforms,
     volume_to_metatensor,
 )
 from .volume import Volume, atomic_output, load_volume
