@@ -52,12 +52,13 @@ SHIPPED_FOLD = "holdout_totalseg_dicom_example"
 NO_LEVERS = ["--partial-scan-prob", "0", "--label-intensity-prob", "0"]
 LEVERS = ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0.3"]
 UNET = ["--epochs", "60", "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"]
+EMA = ["--ema", "0.98"]
 SMALL = ["--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"]
 
 # Per method: epochs, the options that make CPU training fit in minutes, and the augmentation levers
 # (documented in the cards). The smaller networks were trained before the levers existed.
 RECIPES: Dict[str, List[str]] = {
-    "unet": UNET + LEVERS + ["--ema", "0.98"],
+    "unet": UNET + LEVERS + EMA,
     "autoencoder": ["--epochs", "30", *SMALL, *NO_LEVERS],
     "vae": ["--epochs", "30", *SMALL, *NO_LEVERS],
     "vitautoenc": ["--epochs", "20", *SMALL, *NO_LEVERS],
@@ -69,7 +70,7 @@ ABLATION: Dict[str, List[str]] = {
     "unet_partial_scan": UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"],
     "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
     "unet_both_levers": UNET + LEVERS,
-    "unet_both_levers_ema": UNET + LEVERS + ["--ema", "0.98"],
+    "unet_both_levers_ema": UNET + LEVERS + EMA,
 }
 
 
