@@ -84,9 +84,13 @@ def main() -> int:
 def _mean_unseen(method: str, measured: Dict, key: str = "dice_liver") -> float:
     """Mean unseen liver Dice; ``key`` chooses the deep models' best (``dice_liver``) or last epoch."""
     if method == "em":
-        values = [float(r["dice_liver"]) for r in measured["rows"]]
-    else:
-        values = [scores[key] for scores in measured["unseen"].values()]
+        return _mean_of({r["case"]: {key: float(r["dice_liver"])} for r in measured["rows"]}, key)
+    return _mean_of(measured["unseen"], key)
+
+
+def _mean_of(cases: Dict[str, Dict[str, float]], key: str) -> float:
+    """Mean of ``key`` over the cases' scores (as ``fold_scores`` of train_models.py writes them); NaN when none."""
+    values = [scores[key] for scores in cases.values()]
     return sum(values) / len(values) if values else math.nan
 
 
@@ -153,9 +157,8 @@ def ablation_section() -> List[str]:
         cases = result["cases"]
         cells = [f"{cases[c]['dice_liver']:.3f} / {cases[c][LAST]:.3f}" if c in cases else "-"
                  for c in ("totalseg_example", "totalseg_dicom_example")]
-        mean_best = sum(s["dice_liver"] for s in cases.values()) / len(cases)
-        mean_last = sum(s[LAST] for s in cases.values()) / len(cases)
-        lines.append(f"| {variant} | {cells[0]} | {cells[1]} | {mean_best:.3f} | {mean_last:.3f} | `{result['options']}` |")
+        lines.append(f"| {variant} | {cells[0]} | {cells[1]} | {_mean_of(cases, 'dice_liver'):.3f} "
+                     f"| {_mean_of(cases, LAST):.3f} | `{result['options']}` |")
     return [*lines, ""]
 
 
