@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from LiverSegLib.augmentation import RandLabelIntensityd, RandPartialScand, training_transforms
+from LiverSegLib.preprocessing import UNSURE
 from LiverSegLib.segmenters.unet import UNetSegmenter
 
 
@@ -36,6 +37,9 @@ def test_partial_scan_leaves_volumes_alone_when_not_drawn_or_without_liver() -> 
     assert cut(_volume())["image"].shape[-1] == 60
     no_liver = {"image": torch.zeros((1, 8, 8, 60)), "label": torch.zeros((1, 8, 8, 60))}
     assert RandPartialScand(("image", "label"), "label", slice_mm=3.0, prob=1.0)(no_liver)["image"].shape[-1] == 60
+    only_unsure = {"image": torch.zeros((1, 8, 8, 60)), "label": torch.zeros((1, 8, 8, 60))}
+    only_unsure["label"][..., 30:] = UNSURE  # left out of the loss, so not a liver slice to centre on
+    assert RandPartialScand(("image", "label"), "label", slice_mm=3.0, prob=1.0)(only_unsure)["image"].shape[-1] == 60
 
 
 def test_label_intensity_shifts_each_label_by_its_own_offset() -> None:
@@ -57,13 +61,14 @@ def test_label_intensity_shifts_each_label_by_its_own_offset() -> None:
 
 
 @pytest.mark.parametrize("probs", [(0.0, 0.0), (1.0, 1.0)])
-def test_training_transforms_give_patches_of_the_network_size(probs) -> None:
+def test_training_transforms_give_patches_of_the_network_size_and_keep_label_values(probs) -> None:
     config = UNetSegmenter.preset_config("default", (3.0, 3.0, 3.0), (32, 32, 16))
     affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
     from monai.data import MetaTensor
 
     def read(item):
         volume = _volume()
+        volume["label"][:, 6:8, 8:24, 20:40] = UNSURE  # an untrusted rim beside the liver
         image = volume["image"] * 500.0 - 200.0  # HU, so that the window maps it back to 0..1
         return {"image": MetaTensor(image, affine=affine), "label": MetaTensor(volume["label"], affine=affine)}
 
@@ -73,3 +78,6 @@ def test_training_transforms_give_patches_of_the_network_size(probs) -> None:
     assert len(patches) == 3
     for patch in patches:
         assert patch["image"].shape == (1, 32, 32, 16) and patch["label"].shape == (1, 32, 32, 16)
+        # Nearest-neighbour label resampling: no interpolated values between 0 and UNSURE.
+        assert set(torch.unique(patch["label"]).tolist()) <= {0, 1, 2, UNSURE}
+    assert any((patch["label"] == UNSURE).any() for patch in patches)

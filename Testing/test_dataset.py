@@ -9,6 +9,7 @@ import pytest
 from LiverSegLib.dataset import load_msd_dataset, read_case
 from LiverSegLib.errors import LiverSegError
 from LiverSegLib.phantom import write_phantom_dataset
+from LiverSegLib.preprocessing import UNSURE
 
 
 @pytest.fixture
@@ -22,6 +23,17 @@ def test_valid_dataset_lists_its_cases(phantom_dataset):
     ct, labels = read_case(cases[0])
     assert ct.array.shape == labels.array.shape and labels.array.dtype == np.uint8
     np.testing.assert_array_equal(ct.affine, labels.affine)
+
+
+def test_unsure_voxels_are_a_valid_training_label(phantom_dataset):
+    spec = json.loads((phantom_dataset / "dataset.json").read_text())
+    path = phantom_dataset / spec["training"][0]["label"]
+    label = nib.load(str(path))
+    data = np.asarray(label.dataobj).astype(np.uint8)
+    data[0, 0, :] = UNSURE
+    nib.save(nib.Nifti1Image(data, label.affine), str(path))
+    _, labels = read_case(load_msd_dataset(phantom_dataset)[0])
+    assert (labels.array == UNSURE).sum() == data.shape[2]
 
 
 def test_all_problems_reported_together(phantom_dataset):

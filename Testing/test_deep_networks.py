@@ -6,13 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from monai.losses import DiceCELoss
+
 from LiverSegLib.phantom import make_phantom
+from LiverSegLib.preprocessing import UNSURE
 from LiverSegLib.segmenters.deep import (
     DEEP_METHODS,
-    DICE_CE,
     DeepModel,
     count_parameters,
     deep_segmenter_class,
+    dice_ce_loss,
     preprocessing_transforms,
     volume_to_metatensor,
 )
@@ -94,6 +97,32 @@ def test_a_few_steps_lower_the_loss(method: str) -> None:
     assert losses[-1] < 0.95 * losses[0], losses
 
 
+def test_loss_is_monai_dice_ce_when_every_voxel_is_labelled() -> None:
+    torch.manual_seed(0)
+    targets = torch.randint(0, 3, (2, 1, *SMALL_PATCH)).float()
+    logits = torch.randn(2, 3, *SMALL_PATCH)
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits, targets)
+    assert torch.isclose(dice_ce_loss(logits, targets), expected, atol=1e-6)
+
+
+def test_loss_ignores_unsure_voxels() -> None:
+    torch.manual_seed(0)
+    targets = torch.randint(0, 3, (1, 1, *SMALL_PATCH)).float()
+    unsure = torch.zeros_like(targets, dtype=torch.bool)
+    unsure[..., : SMALL_PATCH[-1] // 2] = True
+    targets[unsure] = UNSURE
+    logits = torch.randn(1, 3, *SMALL_PATCH, requires_grad=True)
+    loss = dice_ce_loss(logits, targets)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # Whatever the network says at an unsure voxel, the loss neither rewards nor penalises it.
+    assert logits.grad[unsure.expand_as(logits)].abs().max() == 0
+    assert logits.grad[~unsure.expand_as(logits)].abs().max() > 0
+    changed = logits.detach().clone()
+    changed[unsure.expand_as(changed)] = 100.0
+    assert torch.isclose(dice_ce_loss(changed, targets), loss.detach())
+
+
 def test_vae_loss_adds_the_weighted_kl_term() -> None:
     torch.manual_seed(0)
     targets = torch.randint(0, 3, (2, 1, *SMALL_PATCH)).float()
@@ -101,7 +130,7 @@ def test_vae_loss_adds_the_weighted_kl_term() -> None:
     mu, logvar = torch.randn(2, 4), torch.randn(2, 4)
     kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
     loss = VAESegmenter.loss((logits, mu, logvar, mu), targets)
-    assert torch.isclose(loss, DICE_CE(logits, targets) + KL_WEIGHT * kl)
+    assert torch.isclose(loss, dice_ce_loss(logits, targets) + KL_WEIGHT * kl)
     assert VAESegmenter.logits((logits, mu, logvar, mu)) is logits
 
 

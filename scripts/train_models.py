@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "LiverSeg"))
@@ -64,13 +64,26 @@ RECIPES: Dict[str, List[str]] = {
     "vitautoenc": ["--epochs", "20", *SMALL, *NO_LEVERS],
 }
 
-# ``--ablation``: what each lever adds to the U-Net, by the same leave-one-out (runs/ablation/<variant>).
-ABLATION: Dict[str, List[str]] = {
-    "unet_no_levers": UNET + NO_LEVERS,
-    "unet_partial_scan": UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"],
-    "unet_label_intensity": UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"],
-    "unet_both_levers": UNET + LEVERS,
-    "unet_both_levers_ema": UNET + LEVERS + EMA,
+# The training data besides the labelled real CT of the held-out fold: the shipped models use "all".
+# pseudo_labels: "em" (round one), "consensus" (round two, see consensus_pseudo_labels) or None.
+DATA: Dict[str, Dict[str, Any]] = {
+    "all": {"pseudo_labels": "em", "phantoms": True},
+    "no_pseudo_labels": {"pseudo_labels": None, "phantoms": True},
+    "no_phantoms": {"pseudo_labels": "em", "phantoms": False},
+    "consensus": {"pseudo_labels": "consensus", "phantoms": True},
+}
+
+# ``--ablation``: what each lever adds to the U-Net, by the same leave-one-out (runs/ablation/<variant>):
+# variant -> (training options, training data).
+ABLATION: Dict[str, Tuple[List[str], str]] = {
+    "unet_no_levers": (UNET + NO_LEVERS, "all"),
+    "unet_partial_scan": (UNET + ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0"], "all"),
+    "unet_label_intensity": (UNET + ["--partial-scan-prob", "0", "--label-intensity-prob", "0.3"], "all"),
+    "unet_both_levers": (UNET + LEVERS, "all"),
+    "unet_both_levers_ema": (UNET + LEVERS + EMA, "all"),
+    "unet_no_pseudo_labels": (UNET + LEVERS + EMA, "no_pseudo_labels"),
+    "unet_no_phantoms": (UNET + LEVERS + EMA, "no_phantoms"),
+    "unet_consensus_pseudo_labels": (UNET + LEVERS + EMA, "consensus"),
 }
 
 
@@ -82,22 +95,16 @@ def entry(image: Path, label: Path) -> Dict[str, str]:
     return {"image": str(image.resolve()), "label": str(label.resolve())}
 
 
-def prepare_data(work: Path) -> Dict[str, Path]:
-    """Write the pseudo-labels, phantoms and one dataset.json per fold; return fold name -> folder."""
-    from LiverSegLib.dataset import load_msd_dataset
+def em_pseudo_labels(work: Path) -> List[Dict[str, str]]:
+    """EM pseudo-labels of the unlabelled CTs (self-training, round one), kept when their liver is plausible."""
     from LiverSegLib.metrics import volumes_ml
-    from LiverSegLib.phantom import write_phantom_dataset
     from LiverSegLib.segmenters import create_segmenter
     from LiverSegLib.volume import load_ct, save_volume
 
-    data = work / "data"
-    real = load_msd_dataset(SHARED)
-    extra = []
-
-    pseudo = data / "pseudo"
+    pseudo = work / "data" / "pseudo"
     pseudo.mkdir(parents=True, exist_ok=True)
-    unlabelled = json.loads((SHARED / "dataset.json").read_text()).get("unlabelled", [])
-    for relative in unlabelled:
+    entries = []
+    for relative in json.loads((SHARED / "dataset.json").read_text()).get("unlabelled", []):
         image = SHARED / relative
         label = pseudo / image.name
         if not label.exists():
@@ -110,20 +117,76 @@ def prepare_data(work: Path) -> Dict[str, Path]:
             labels[labels == 2] = 1  # EM's tumour calls are not trusted as training targets
             save_volume(ct.with_array(labels), label)
             log(f"pseudo-label of {image.name}: EM liver {liver_ml:.0f} ml")
-        extra.append(entry(image, label))
+        entries.append(entry(image, label))
+    return entries
 
-    phantoms = data / "phantoms"
+
+def phantom_cases(work: Path) -> List[Dict[str, str]]:
+    """The project's synthetic phantoms, the only training cases with tumours."""
+    from LiverSegLib.dataset import load_msd_dataset
+    from LiverSegLib.phantom import write_phantom_dataset
+
+    phantoms = work / "data" / "phantoms"
     if not (phantoms / "dataset.json").exists():
         write_phantom_dataset(phantoms, n_cases=N_PHANTOMS, seed=SEED, shape=(160, 160, 96), spacing=(2.5, 2.5, 3.0))
-    for case in load_msd_dataset(phantoms):
-        extra.append(entry(case.image_path, case.label_path))
+    return [entry(case.image_path, case.label_path) for case in load_msd_dataset(phantoms)]
 
+
+def consensus_pseudo_labels(work: Path, fold: str) -> List[Dict[str, str]]:
+    """Self-training, round two, with a voxel-level confidence filter, for one fold.
+
+    The fold's round-one U-Net (the shipped recipe, trained with EM's pseudo-labels; it never saw the
+    fold's held-out CT) segments each unlabelled CT again. Where it and EM agree, that is the label;
+    where they disagree the voxel is ``UNSURE`` and the loss ignores it: a voxel two different methods
+    label alike is more likely right, and EM's leaks into neighbouring organs are what they disagree on.
+    """
+    import numpy as np
+    from LiverSegLib.preprocessing import LIVER, UNSURE
+    from LiverSegLib.segmenters import create_segmenter
+    from LiverSegLib.volume import load_ct, load_volume, save_volume
+
+    model = work / "runs" / "unet" / fold / "last.pt"
+    if not model.is_file():
+        raise SystemExit(f"{model} is missing: train the shipped U-Net recipe first (make models, or --ablation unet_both_levers_ema)")
+    folder = work / "data" / "consensus" / fold / "pseudo"
+    folder.mkdir(parents=True, exist_ok=True)
+    segmenter = None
+    entries = []
+    for em_entry in em_pseudo_labels(work):
+        image = Path(em_entry["image"])
+        label = folder / image.name
+        if not label.exists():
+            segmenter = segmenter or create_segmenter("unet", model_path=str(model))
+            ct = load_ct(image)
+            em_liver = load_volume(em_entry["label"]).array >= LIVER
+            unet_liver = segmenter.segment(ct) >= LIVER
+            consensus = np.where(em_liver == unet_liver, em_liver.astype(np.uint8), np.uint8(UNSURE))
+            save_volume(ct.with_array(consensus), label)
+            log(f"consensus pseudo-label of {image.name} ({fold}): {(consensus == UNSURE).sum() * ct.voxel_ml:.0f} ml unsure, "
+                f"{(consensus == LIVER).sum() * ct.voxel_ml:.0f} ml liver")
+        entries.append(entry(image, label))
+    return entries
+
+
+def prepare_data(work: Path, data: str = "all") -> Dict[str, Path]:
+    """Write one dataset.json per leave-one-out fold for the training data ``data`` (a key of ``DATA``);
+    return fold name -> folder."""
+    from LiverSegLib.dataset import load_msd_dataset
+
+    real = load_msd_dataset(SHARED)
+    pseudo_labels = DATA[data]["pseudo_labels"]
+    phantoms = phantom_cases(work) if DATA[data]["phantoms"] else []
+    root = work / "data" if data == "all" else work / "data" / data
     folds = {}
     for held_out in real:
-        folder = data / f"holdout_{held_out.name}"
-        folder.mkdir(exist_ok=True)
+        folder = root / f"holdout_{held_out.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if pseudo_labels == "consensus":
+            extra = consensus_pseudo_labels(work, folder.name) + phantoms
+        else:
+            extra = (em_pseudo_labels(work) if pseudo_labels == "em" else []) + phantoms
         spec = {
-            "name": f"LiverSeg training data, {held_out.name} held out",
+            "name": f"LiverSeg training data ({data}), {held_out.name} held out",
             "modality": {"0": "CT"},
             "labels": {"0": "background", "1": "liver", "2": "tumour"},
             "training": [entry(c.image_path, c.label_path) for c in real if c != held_out] + extra,
@@ -168,26 +231,30 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int, default=1,
                         help="folds trained at once, sharing the CPU cores equally")
-    parser.add_argument("--ablation", action="store_true", help="train the U-Net variants of ABLATION instead")
+    parser.add_argument("--ablation", nargs="*", choices=list(ABLATION), metavar="VARIANT",
+                        help="train the U-Net variants of ABLATION (all when none is named) instead")
     args = parser.parse_args()
     if not (SHARED / "dataset.json").is_file():
         raise SystemExit(f"the real CT sample is needed at {SHARED}")
-    folds = prepare_data(args.work)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
-    def train_folds(method: str, options: List[str], runs: Path) -> None:
+    def train_folds(method: str, options: List[str], runs: Path, data: str = "all") -> None:
+        folds = prepare_data(args.work, data)
         with ThreadPoolExecutor(args.jobs) as pool:
             for done in [pool.submit(train, method, options, fold, dataset, runs / fold, args.device, threads)
                          for fold, dataset in folds.items()]:
                 done.result()
 
-    if args.ablation:
+    if args.ablation is not None:
         summary = {}
-        for variant, options in ABLATION.items():
+        for variant, (options, data) in ABLATION.items():
             # The shipped recipe is one of the variants: its runs are shared with `make models`.
-            runs = args.work / "runs" / ("unet" if options == RECIPES["unet"] else f"ablation/{variant}")
-            train_folds("unet", options, runs)
-            summary[variant] = {"options": " ".join(options), "cases": fold_scores(runs)}
+            shipped = options == RECIPES["unet"] and data == "all"
+            runs = args.work / "runs" / ("unet" if shipped else f"ablation/{variant}")
+            if variant in (args.ablation or ABLATION):
+                train_folds("unet", options, runs, data)
+            if runs.is_dir():
+                summary[variant] = {"options": " ".join(options), "data": data, "cases": fold_scores(runs)}
         (MODELS / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(f"wrote {MODELS / 'ablation.json'}")
         return 0
@@ -223,6 +290,8 @@ def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
     epoch (no choice made), and the fold's training minutes."""
     scores = {}
     for fold in sorted(runs.iterdir()):
+        if not (fold / "done.json").is_file():
+            continue  # still training
         done = json.loads((fold / "done.json").read_text())
         with open(fold / "metrics.csv") as handle:
             epochs = list(csv.DictReader(handle))

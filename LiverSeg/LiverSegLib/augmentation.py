@@ -33,7 +33,7 @@ from monai.transforms import (
 from scipy.ndimage import gaussian_filter
 
 from .checkpoint import ModelConfig
-from .preprocessing import LIVER
+from .preprocessing import LIVER, TUMOUR
 from .segmenters.deep import preprocessing_transforms
 
 
@@ -69,7 +69,7 @@ class RandPartialScand(RandomizableTransform, MapTransform):
         result = dict(data)
         if not self._do_transform:
             return result
-        liver_slices = np.flatnonzero(np.asarray(result[self.label_key][0] >= LIVER).any(axis=(0, 1)))
+        liver_slices = np.flatnonzero(np.isin(np.asarray(result[self.label_key][0]), (LIVER, TUMOUR)).any(axis=(0, 1)))
         if liver_slices.size == 0:
             return result
         centre = int(self.R.choice(liver_slices))

@@ -1,7 +1,7 @@
 """Medical Segmentation Decathlon (Task03_Liver) datasets: ``dataset.json`` plus image/label NIfTI pairs.
 
 Every entry is checked before any work starts -- files exist and read, image and label grids agree,
-labels lie in {0, 1, 2} -- and all problems are reported together, so one run tells a user everything
+labels lie in {0, 1, 2}, or 255 for voxels a training label leaves out (``preprocessing.UNSURE``) -- and all problems are reported together, so one run tells a user everything
 to fix.
 """
 
@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import LiverSegError
+from .preprocessing import UNSURE
 from .volume import Volume, load_ct, load_volume
 
 AFFINE_TOLERANCE_MM = 1e-3
@@ -97,9 +98,9 @@ def _problems_of(case: Case, check_voxels: bool) -> List[str]:
             values = np.unique(np.asanyarray(label.dataobj))
         except Exception as exc:
             return [f"label unreadable ({exc})"]
-        unexpected = sorted(set(values.tolist()) - {0, 1, 2})
+        unexpected = sorted(set(values.tolist()) - {0, 1, 2, UNSURE})
         if unexpected:
-            problems.append(f"label values {unexpected[:5]} outside {{0 background, 1 liver, 2 tumour}}")
+            problems.append(f"label values {unexpected[:5]} outside {{0 background, 1 liver, 2 tumour, {UNSURE} unsure}}")
     return problems
 
 

@@ -18,6 +18,9 @@ from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent, 
 from .volume import Volume
 
 LIVER, TUMOUR = 1, 2
+UNSURE = 255
+"""Training labels only: a voxel whose label is not trusted (self-training's confidence filter); the
+loss ignores it."""
 BODY_HU = -500.0
 """Voxels above this are inside the body (air and lung are below)."""
 

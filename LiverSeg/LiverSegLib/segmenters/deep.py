@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
 from monai.transforms import (
     CropForegroundd,
     MapTransform,
@@ -40,7 +40,7 @@ from torch import nn
 
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
 from ..errors import LiverSegError
-from ..preprocessing import BODY_HU, clean_labels, to_input_grid
+from ..preprocessing import BODY_HU, UNSURE, clean_labels, to_input_grid
 from ..volume import Volume
 from .base import Segmenter
 
@@ -308,8 +308,18 @@ def _tile_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int
 # --------------------------------------------------------------------------------------------- segmenters
 
 
-DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)
-"""Dice (robust to the tiny tumour class) plus cross-entropy (stable gradients early on), equally weighted."""
+_DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=UNSURE)
+_CROSS_ENTROPY = nn.CrossEntropyLoss(ignore_index=UNSURE)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice (robust to the tiny tumour class) plus cross-entropy (stable gradients early on), equally weighted.
+
+    MONAI's ``DiceCELoss`` with voxels labelled ``UNSURE`` left out of both terms (it has no
+    ``ignore_index``; its ``DiceLoss`` and torch's cross-entropy do). ``logits``: (B, 3, X, Y, Z);
+    ``target``: (B, 1, X, Y, Z) labelmap.
+    """
+    return _DICE(logits, target) + _CROSS_ENTROPY(logits, target[:, 0].long())
 
 
 class DeepSegmenter(Segmenter):
@@ -369,7 +379,7 @@ class DeepSegmenter(Segmenter):
     @classmethod
     def loss(cls, output: Any, target: torch.Tensor) -> torch.Tensor:
         """Training loss of one batch; ``target`` is the (B, 1, X, Y, Z) labelmap."""
-        return DICE_CE(cls.logits(output), target)
+        return dice_ce_loss(cls.logits(output), target)
 
     @classmethod
     def preset_config(

@@ -12,7 +12,7 @@ import torch
 from monai.networks.nets import VarAutoEncoder
 from torch import nn
 
-from .deep import DICE_CE, DEFAULT_PREPROCESSING, NUM_CLASSES, DeepSegmenter, Preset, paper_preset
+from .deep import DEFAULT_PREPROCESSING, NUM_CLASSES, DeepSegmenter, Preset, dice_ce_loss, paper_preset
 
 KL_WEIGHT = 1e-4
 """Weight of the KL divergence (summed over latent dimensions, averaged over the batch) in the loss.
@@ -98,4 +98,4 @@ class VAESegmenter(DeepSegmenter):
         """Dice-CE of the decoded logits plus ``KL_WEIGHT`` times the KL divergence of the code."""
         logits, mu, logvar, _ = output
         kl = -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
-        return DICE_CE(logits, target) + KL_WEIGHT * kl
+        return dice_ce_loss(logits, target) + KL_WEIGHT * kl
