@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Speed and memory of the deep segmenters: parameters, seconds and peak RSS segmenting a 512x512x300 CT,
-seconds per training step; on the GPU too when PyTorch sees one.
+seconds per training step, and the ratio to EM on the same CT; on the GPU too when PyTorch sees one.
 
     python scripts/benchmark_deep.py [--preset default|paper] [--methods unet vae ...] [--threads 2]
 
@@ -11,12 +11,14 @@ written once as NIfTI. Each method runs in a fresh process (so its peak RSS is i
 Columns: segment_s, wall seconds from building the segmenter to the labelmap, split into pre_s
 (resampling to the working grid), network_s (sliding window) and post_s (clean-up, back to the CT
 grid); segment_cpu_s, CPU seconds of the process over all threads; peak_rss_gb, the process's peak
-resident memory; train_step_s, one optimizer step on ``batch_size x samples_per_volume`` random
-patches of the preset's patch size (data loading excluded); peak_gpu_gb on a GPU.
+resident memory; x_em, segment_s over EM's on the CPU of this machine (EM is measured first, the same
+way); train_step_s, one optimizer step on ``batch_size x samples_per_volume`` random patches of the
+preset's patch size (data loading excluded); peak_gpu_gb on a GPU.
 
-The networks have their initial (untrained) weights: the network's run time does not depend on them,
-but its scattered labels span the whole CT, the worst case for post_s; the last line gives post_s for
-the phantom's own labels, what a trained network costs.
+With ``--preset default`` the networks have the shipped weights (``Resources/Models``), so post_s is a
+trained network's. No paper-preset model ships, so those networks have their initial weights: the
+network's run time does not depend on them, but their scattered labels span the whole CT, the worst case
+for post_s; the last line then gives post_s for the phantom's own labels, what a trained network costs.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def main() -> int:
         ct_path, labels_path = Path(folder) / "ct.nii", Path(folder) / "labels.nii"
         write_phantom(ct_path, labels_path)
         rows = []
-        for method in args.methods:
-            for device in devices:
+        for method in ["em", *args.methods]:
+            for device in devices if method != "em" else ["cpu"]:
                 command = [sys.executable, __file__, "--child", method, str(ct_path), device, "--preset", args.preset,
                            "--threads", str(args.threads), "--train-steps", str(args.train_steps)]
                 result = subprocess.run(command, capture_output=True, text=True)
@@ -65,9 +67,12 @@ def main() -> int:
                     print(f"{method} on {device} failed:\n{result.stderr}", file=sys.stderr)
                     continue
                 rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+                if rows[0]["method"] == "em":
+                    rows[-1]["x_em"] = rows[-1]["segment_s"] / rows[0]["segment_s"]
                 print_row(rows[-1], header=len(rows) == 1)
-        print(f"\npost-processing a liver-sized labelmap (what a trained network gives): "
-              f"{reference_post_seconds(ct_path, labels_path, args.preset):.2f} s")
+        if args.preset != "default":
+            print(f"\npost-processing a liver-sized labelmap (what a trained network gives): "
+                  f"{reference_post_seconds(ct_path, labels_path, args.preset):.2f} s")
     return 0
 
 
@@ -105,7 +110,8 @@ def reference_post_seconds(ct_path: Path, labels_path: Path, preset: str) -> flo
 
 
 def measure(method: str, ct_path: str, device: str, preset: str, threads: int, train_steps: int) -> Dict[str, Any]:
-    """Segment the CT with ``method`` on ``device`` and time training steps; runs in its own process."""
+    """Segment the CT with ``method`` on ``device`` (and, for a network, time training steps); runs in
+    its own process."""
     import torch
 
     torch.set_num_threads(threads)
@@ -115,16 +121,17 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
     from LiverSegLib.segmenters.deep import count_parameters, deep_segmenter_class
     from LiverSegLib.volume import load_ct
 
-    cls = deep_segmenter_class(method)
-    config = cls.preset_config(preset)
-    network = cls.build_network(config.preprocessing.patch_size, **config.network)
     with tempfile.TemporaryDirectory() as folder:
-        model_path = Path(folder) / f"{method}.pt"
-        Checkpoint(config, network.state_dict()).save(model_path)
+        model_path = None  # EM, or the shipped model of the default preset
+        if method != "em" and preset != "default":
+            cls = deep_segmenter_class(method)
+            config = cls.preset_config(preset)
+            model_path = str(Path(folder) / f"{method}.pt")
+            Checkpoint(config, cls.build_network(config.preprocessing.patch_size, **config.network).state_dict()).save(model_path)
 
         ct = load_ct(ct_path)
         cpu_before, started = _cpu_seconds(), time.perf_counter()
-        segmenter = create_segmenter(method, model_path=str(model_path), device=device)
+        segmenter = create_segmenter(method, model_path=model_path, device=device)
         marks: List[float] = []  # when preprocessing, the network and post-processing began
 
         def progress(fraction: float, message: str) -> None:
@@ -140,17 +147,22 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
 
     row = {
         "method": method,
-        "preset": preset,
+        "preset": preset if method != "em" else "",
         "device": device,
-        "parameters": count_parameters(network),
         "segment_s": finished - started,
+        "segment_cpu_s": segment_cpu,
+        "peak_rss_gb": peak_rss_gb,
+    }
+    if method == "em":
+        return row
+    network = segmenter.model.network
+    row.update({
+        "parameters": count_parameters(network),
         "pre_s": marks[1] - marks[0],
         "network_s": marks[2] - marks[1],
         "post_s": finished - marks[2],
-        "segment_cpu_s": segment_cpu,
-        "peak_rss_gb": peak_rss_gb,
-        "train_step_s": _train_step_seconds(cls, config, network, torch.device(device), train_steps),
-    }
+        "train_step_s": _train_step_seconds(type(segmenter), segmenter.model.config, network, torch.device(device), train_steps),
+    })
     if device == "cuda":
         row["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return row
@@ -192,7 +204,7 @@ def _cpu_seconds() -> float:
 
 
 def print_row(row: Dict[str, Any], header: bool) -> None:
-    columns: List[str] = ["method", "preset", "device", "parameters", "segment_s", "pre_s", "network_s", "post_s",
+    columns: List[str] = ["method", "preset", "device", "parameters", "segment_s", "x_em", "pre_s", "network_s", "post_s",
                           "segment_cpu_s", "peak_rss_gb", "train_step_s", "peak_gpu_gb"]
     if header:
         print("| " + " | ".join(columns) + " |")
