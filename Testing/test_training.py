@@ -209,6 +209,17 @@ def test_bad_options_are_clear_errors(phantoms: Path, tmp_path: Path) -> None:
         training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "e"), "--label-intensity-prob", "-0.1"))
     with pytest.raises(SystemExit):
         _args(str(phantoms), "--method", "em", "-o", str(tmp_path / "c"))
+    with pytest.raises(LiverSegError, match="--preset paper: this preset resizes whole volumes"):
+        training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "g"), "--preset", "paper",
+                                 "--partial-scan-prob", "0.3"))
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("default", training.PARTIAL_SCAN_PROB), ("paper", 0.0)])
+def test_partial_scans_default_on_only_for_presets_that_resample(preset: str, expected: float) -> None:
+    from LiverSegLib.segmenters.unet import UNetSegmenter
+
+    args = _args("data", "--method", "unet", "-o", "run", "--preset", preset)
+    assert training.TrainSettings.from_args(args, UNetSegmenter).partial_scan_prob == expected
 
 
 def test_out_of_memory_while_training_says_what_to_lower(

@@ -133,15 +133,17 @@ def training_transforms(
         read: dataset item -> ``{"image": CT (1, I, J, K) in HU, "label": labelmap (1, I, J, K)}``.
         config: the network's preprocessing (working grid, window, patch size).
         samples: patches per volume.
-        partial_scan_prob: probability of :class:`RandPartialScand` (0 disables it).
+        partial_scan_prob: probability of :class:`RandPartialScand` (0 disables it); presets that
+            resize whole volumes need 0 (the slab would be cut after the resize).
         label_intensity_prob: probability of :class:`RandLabelIntensityd` (0 disables it).
     """
     prep = config.preprocessing
     keys = ("image", "label")
-    slice_mm = prep.spacing[2] if prep.spacing is not None else 3.0
+    if partial_scan_prob > 0 and prep.resize is not None:
+        raise ValueError("partial-scan slabs need a preset that resamples to a spacing, not one that resizes")
     random_transforms = [
         # Thin slabs first, then the padding below surrounds them exactly as sliding-window inference does.
-        *([RandPartialScand(keys, "label", slice_mm, prob=partial_scan_prob)] if partial_scan_prob > 0 else []),
+        *([RandPartialScand(keys, "label", prep.spacing[2], prob=partial_scan_prob)] if partial_scan_prob > 0 else []),
         # Volumes smaller than a patch are padded with 0 (below the HU window, like air).
         SpatialPadd(keys, spatial_size=prep.patch_size),
         # Two of three patches centred on liver or tumour: the liver fills a few percent of a scan.

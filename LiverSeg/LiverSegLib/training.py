@@ -76,6 +76,8 @@ from .volume import Volume, atomic_output, load_volume
 BEST, LAST, METRICS = "best.pt", "last.pt", "metrics.csv"
 EVENT_COLUMNS = ("epoch", "loss", "dice_liver", "dice_tumour", "seconds")
 METRIC_COLUMNS = EVENT_COLUMNS + ("learning_rate",)
+PARTIAL_SCAN_PROB = 0.3
+"""Default ``--partial-scan-prob`` of the presets that resample to a spacing (the shipped U-Net's)."""
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -100,8 +102,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, help="initial learning rate (default: the preset's)")
     add("--val-fraction", type=float, default=0.2, help="share of the cases held out for validation (at least one); unused when dataset.json has a 'validation' list")
     add("--workers", type=int, default=0, help="data-loading processes (0: the training process; 4-8 with a GPU)")
-    add("--partial-scan-prob", type=float, default=0.3,
-        help="probability of cutting a training volume to a 3-12 cm slab through the liver (partial scans; 0: off)")
+    add("--partial-scan-prob", type=float,
+        help=f"probability of cutting a training volume to a 3-12 cm slab through the liver (partial scans; 0: off; "
+             f"default {PARTIAL_SCAN_PROB}, 0 with --preset paper)")
     add("--label-intensity-prob", type=float, default=0.3,
         help="probability of shifting the liver's and tumour's intensity each by its own offset (contrast phases; 0: off)")
     add("--ema", type=float, default=0.0, metavar="DECAY",
@@ -138,6 +141,13 @@ class TrainSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
         preset = segmenter.presets[args.preset]
+        resizes = preset.preprocessing.resize is not None
+        if resizes and args.partial_scan_prob:
+            # A partial scan is resized to 64 slices at inference; a slab cut after the resize (where the
+            # cached preprocessing ends) would not look like it, and cutting before it costs a resize per step.
+            raise LiverSegError(f"--partial-scan-prob with --preset {args.preset}: this preset resizes whole volumes, "
+                                "so partial-scan slabs are not supported; use --partial-scan-prob 0 (its default)")
+        partial_scan_prob = args.partial_scan_prob if args.partial_scan_prob is not None else (0.0 if resizes else PARTIAL_SCAN_PROB)
         settings = cls(
             method=args.method,
             preset=args.preset,
@@ -150,7 +160,7 @@ class TrainSettings:
             val_fraction=args.val_fraction,
             cache_rate=args.cache_rate,
             workers=args.workers,
-            partial_scan_prob=args.partial_scan_prob,
+            partial_scan_prob=partial_scan_prob,
             label_intensity_prob=args.label_intensity_prob,
             ema_decay=args.ema,
         )
