@@ -15,13 +15,15 @@ interruption continues where it stopped; ``--resume`` is passed to training runs
 3. Training options per method in ``RECIPES``; for the U-Net they include the levers against the small
    data (``LiverSegLib.augmentation``: partial-scan slabs, per-label intensity shifts; a moving average
    of the weights). ``--ablation`` trains the variants of ``ABLATION`` on the same folds and writes
-   ``Resources/Models/ablation.json``: what each lever adds, shown in the report.
+   ``Resources/Models/ablation.json``: what each lever adds, shown in the report. Besides the options,
+   a variant may change the training data (``DATA``): without the pseudo-labels, without the phantoms,
+   or with round-two pseudo-labels filtered voxel by voxel (:func:`consensus_pseudo_labels`).
 4. The shipped model of a method is its fold ``SHIPPED_FOLD`` (trained on the full-abdomen CT), stored
    in fp16 as ``Resources/Models/<method>.pt`` with a model card ``<method>.md`` and its sha256 in
    ``Resources/Models/models.json``.
 
 Usage: python scripts/train_models.py [--methods unet ...] [--work out/models] [--device auto] [--jobs 2]
-       python scripts/train_models.py --ablation   (what each augmentation lever adds to the U-Net)
+       python scripts/train_models.py --ablation [VARIANT ...]   (what each lever adds to the U-Net)
 """
 
 from __future__ import annotations
