@@ -400,11 +400,13 @@ class LiverSegLogic(ScriptedLoadableModuleLogic):
         return self._core
 
     def setDefaultParameters(self, parameterNode):
-        for key, value in (("Method", "em"), ("Device", "auto"), ("Show3D", "true")):
+        from LiverSegLib.segmenters import default_method
+
+        for key, value in (("Method", default_method()), ("Device", "auto"), ("Show3D", "true")):
             if not parameterNode.GetParameter(key):
                 parameterNode.SetParameter(key, value)
 
-    def start(self, volumeNode, method="em", segmentationNode=None, modelPath=None, device="auto", show3D=True):
+    def start(self, volumeNode, method=None, segmentationNode=None, modelPath=None, device="auto", show3D=True):
         return self.core.start(volumeNode, method, segmentation_node=segmentationNode, model_path=modelPath,
                                device=device, show_3d=show3D)
 
@@ -414,7 +416,7 @@ class LiverSegLogic(ScriptedLoadableModuleLogic):
     def cancel(self, job):
         self.core.cancel(job)
 
-    def run(self, volumeNode, method="em", **kwargs):
+    def run(self, volumeNode, method=None, **kwargs):
         """Blocking run (scripts and tests); the GUI freezes meanwhile."""
         return self.core.run(volumeNode, method, **kwargs)
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import LiverSegError
-from .segmenters import SEGMENTERS
+from .segmenters import SEGMENTERS, default_method
 
 LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default="em", choices=list(SEGMENTERS), help="segmenter (default: em)")
+    parser.add_argument("--method", default=default_method(), choices=list(SEGMENTERS),
+                        help=f"segmenter (default: {default_method()}, the best measured in Resources/Models/REPORT.md)")
     parser.add_argument("--model", help="checkpoint of a deep segmenter (default: the shipped model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where deep segmenters run")
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import mrml
 from .errors import CancelledError, LiverSegError
-from .segmenters import SEGMENTERS, Segmenter, create_segmenter, measured_liver_dice
+from .segmenters import SEGMENTERS, Segmenter, create_segmenter, default_method, measured_liver_dice
 from .volume import Volume, check_ct
 
 VOLUMES_TABLE_ROLE = "LiverSegVolumesTable"
@@ -173,7 +173,7 @@ class LiverSegLogic:
     def start(
         self,
         volume_node,
-        method: Union[str, Segmenter] = "em",
+        method: Union[str, Segmenter, None] = None,
         segmentation_node=None,
         model_path: Optional[str] = None,
         device: str = "auto",
@@ -184,7 +184,8 @@ class LiverSegLogic:
 
         Args:
             volume_node: the CT (vtkMRMLScalarVolumeNode).
-            method: segmenter name (see :data:`SEGMENTERS`) or a ready :class:`Segmenter`.
+            method: segmenter name (see :data:`SEGMENTERS`) or a ready :class:`Segmenter`; ``None``: the
+                best measured (:func:`default_method`).
             segmentation_node: fill this existing segmentation (its "Liver"/"Liver tumor" segments are
                 replaced, others kept); ``None`` makes a new one.
             model_path, device: passed to the segmenter factory.
@@ -195,6 +196,7 @@ class LiverSegLogic:
             LiverSegError: bad input (scene untouched).
         """
         ct = self.read_input(volume_node)
+        method = method if method is not None else default_method()
         if device not in DEVICES:
             raise LiverSegError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
         if segmentation_node is not None and not segmentation_node.IsA("vtkMRMLSegmentationNode"):
@@ -280,7 +282,7 @@ class LiverSegLogic:
                 raise LiverSegError(f"segmentation did not finish within {timeout:g} s; cancelled")
             job.thread.join(interval)
 
-    def run(self, volume_node, method: Union[str, Segmenter] = "em", **kwargs) -> SegmentationResult:
+    def run(self, volume_node, method: Union[str, Segmenter, None] = None, **kwargs) -> SegmentationResult:
         """:meth:`start` + :meth:`wait`: segment ``volume_node``, blocking."""
         return self.wait(self.start(volume_node, method, **kwargs))
 

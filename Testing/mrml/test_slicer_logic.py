@@ -146,3 +146,15 @@ def test_available_segmenters_show_their_measured_dice(tmp_path, monkeypatch):
     (tmp_path / "measured.json").write_text('{"em": 0.913}')
     descriptions = dict(slicer_logic.available_segmenters())
     assert descriptions["em"].endswith("(liver Dice 0.91 on unseen real CT)")
+
+
+def test_the_default_method_is_the_best_measured(tmp_path, monkeypatch):
+    from LiverSegLib import checkpoint
+    from LiverSegLib.segmenters import default_method
+
+    monkeypatch.setattr(checkpoint, "MODELS_DIR", tmp_path)
+    assert default_method() == "em", "nothing measured: EM, which needs no model"
+    (tmp_path / "measured.json").write_text('{"em": 0.913, "unet": 0.931, "vae": 0.5, "retired": 0.99}')
+    assert default_method() == "unet"
+    (tmp_path / "measured.json").write_text('{"em": 0.913, "unet": 0.899}')
+    assert default_method() == "em"

@@ -23,13 +23,25 @@ SEGMENTERS: Dict[str, Tuple[str, str, str]] = {
 }
 
 
-def measured_liver_dice(name: str) -> Optional[float]:
-    """Mean liver Dice of ``name`` on real CT it never saw, from the checked-in evaluation report
-    (``Resources/Models/measured.json``, written by ``make report``); None when not measured."""
+def _measured() -> Dict[str, float]:
+    """Method -> mean liver Dice on real CT it never saw, at the deep models' last epoch (no epoch chosen
+    on the test case), from the checked-in evaluation report (``Resources/Models/measured.json``, written
+    by ``make report``); empty when not measured."""
     from ..checkpoint import MODELS_DIR
 
     path = MODELS_DIR / "measured.json"
-    return json.loads(path.read_text()).get(name) if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def measured_liver_dice(name: str) -> Optional[float]:
+    """The measured mean liver Dice of ``name`` (see :func:`_measured`); None when not measured."""
+    return _measured().get(name)
+
+
+def default_method() -> str:
+    """The best measured method; EM, which needs no model, when nothing is measured."""
+    measured = {name: dice for name, dice in _measured().items() if name in SEGMENTERS}
+    return max(measured, key=measured.__getitem__) if measured else "em"
 
 
 def create_segmenter(name: str, model_path: Optional[str] = None, device: str = "auto") -> Segmenter:
@@ -45,4 +57,4 @@ def create_segmenter(name: str, model_path: Optional[str] = None, device: str = 
     return getattr(module, class_name)(model_path=model_path, device=device)
 
 
-__all__ = ["SEGMENTERS", "Segmenter", "create_segmenter", "measured_liver_dice"]
+__all__ = ["SEGMENTERS", "Segmenter", "create_segmenter", "default_method", "measured_liver_dice"]
