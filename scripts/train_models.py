@@ -12,7 +12,8 @@ interruption continues where it stopped; ``--resume`` is passed to training runs
 2. Leave-one-out over the labelled real CTs: fold ``k`` trains on everything except real case ``k`` and
    validates on it (``validation`` list of its dataset.json). The per-case Dice of each fold is thus on a
    CT the model never saw.
-3. Training options per method in ``RECIPES``; for the U-Net they include the levers against the small
+3. Training options and data per method in ``RECIPES`` (the U-Net's is the ablation variant
+   ``SHIPPED_UNET``); for the U-Net they include the levers against the small
    data (``LiverSegLib.augmentation``: partial-scan slabs, per-label intensity shifts; a moving average
    of the weights). ``--ablation`` trains the variants of ``ABLATION`` on the same folds and writes
    ``Resources/Models/ablation.json``: what each lever adds, shown in the report. Besides the options,
@@ -39,7 +40,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "LiverSeg"))
@@ -53,18 +54,16 @@ SHIPPED_FOLD = "holdout_totalseg_dicom_example"
 
 NO_LEVERS = ["--partial-scan-prob", "0", "--label-intensity-prob", "0"]
 LEVERS = ["--partial-scan-prob", "0.3", "--label-intensity-prob", "0.3"]
-UNET = ["--epochs", "60", "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"]
+
+
+def unet_options(epochs: int = 60) -> List[str]:
+    """The U-Net's schedule and grid: 2.5 x 2.5 x 3 mm, 96 x 96 x 64 tiles, 4 patches per volume and step."""
+    return ["--epochs", str(epochs), "--spacing", "2.5", "2.5", "3.0", "--patch-size", "96", "96", "64", "--samples", "4"]
+
+
+UNET = unet_options()
 EMA = ["--ema", "0.98"]
 SMALL = ["--spacing", "3.0", "3.0", "3.0", "--patch-size", "64", "64", "64", "--samples", "4"]
-
-# Per method: epochs, the options that make CPU training fit in minutes, and the augmentation levers
-# (documented in the cards). The smaller networks were trained before the levers existed.
-RECIPES: Dict[str, List[str]] = {
-    "unet": UNET + LEVERS + EMA,
-    "autoencoder": ["--epochs", "30", *SMALL, *NO_LEVERS],
-    "vae": ["--epochs", "30", *SMALL, *NO_LEVERS],
-    "vitautoenc": ["--epochs", "20", *SMALL, *NO_LEVERS],
-}
 
 # The training data besides the labelled real CT of the held-out fold: the shipped models use "all".
 # pseudo_labels: "em" (round one), "consensus" (round two, see consensus_pseudo_labels) or None.
@@ -86,7 +85,28 @@ ABLATION: Dict[str, Tuple[List[str], str]] = {
     "unet_no_pseudo_labels": (UNET + LEVERS + EMA, "no_pseudo_labels"),
     "unet_no_phantoms": (UNET + LEVERS + EMA, "no_phantoms"),
     "unet_consensus_pseudo_labels": (UNET + LEVERS + EMA, "consensus"),
+    "unet_100_epochs": (unet_options(100) + LEVERS + EMA, "all"),
+    "unet_consensus_100_epochs": (unet_options(100) + LEVERS + EMA, "consensus"),
 }
+SHIPPED_UNET = "unet_both_levers_ema"
+"""The ablation variant whose model ships (the best measured); its runs are those of ``make models``."""
+ROUND_ONE = "unet_both_levers_ema"
+"""The variant whose fold models make the round-two pseudo-labels (:func:`consensus_pseudo_labels`)."""
+
+# Per method: (training options, training data). The options make CPU training fit in minutes; the
+# augmentation levers are documented in the cards. The smaller networks were trained before the levers existed.
+RECIPES: Dict[str, Tuple[List[str], str]] = {
+    "unet": ABLATION[SHIPPED_UNET],
+    "autoencoder": (["--epochs", "30", *SMALL, *NO_LEVERS], "all"),
+    "vae": (["--epochs", "30", *SMALL, *NO_LEVERS], "all"),
+    "vitautoenc": (["--epochs", "20", *SMALL, *NO_LEVERS], "all"),
+}
+
+
+def runs_folder(work: Path, method: str, variant: Optional[str] = None) -> Path:
+    """Where a method's leave-one-out runs live: ``runs/<method>`` for the shipped recipe (a U-Net variant
+    equal to it included), ``runs/ablation/<variant>`` for the other U-Net variants."""
+    return work / "runs" / (method if variant in (None, SHIPPED_UNET) else f"ablation/{variant}")
 
 
 def log(message: str) -> None:
@@ -147,9 +167,9 @@ def consensus_pseudo_labels(work: Path, fold: str) -> List[Dict[str, str]]:
     from LiverSegLib.segmenters import create_segmenter
     from LiverSegLib.volume import load_ct, load_volume, save_volume
 
-    model = work / "runs" / "unet" / fold / "last.pt"
+    model = runs_folder(work, "unet", ROUND_ONE) / fold / "last.pt"
     if not model.is_file():
-        raise SystemExit(f"{model} is missing: train the shipped U-Net recipe first (make models, or --ablation unet_both_levers_ema)")
+        raise SystemExit(f"{model} is missing: train round one first (--ablation {ROUND_ONE})")
     folder = work / "data" / "consensus" / fold / "pseudo"
     folder.mkdir(parents=True, exist_ok=True)
     segmenter = None
@@ -240,8 +260,12 @@ def main() -> int:
         raise SystemExit(f"the real CT sample is needed at {SHARED}")
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
 
-    def train_folds(method: str, options: List[str], runs: Path, data: str = "all") -> None:
+    def train_folds(method: str, variant: Optional[str] = None) -> None:
+        options, data = ABLATION[variant] if variant else RECIPES[method]
+        if DATA[data]["pseudo_labels"] == "consensus":
+            train_folds("unet", ROUND_ONE)  # its models make the round-two pseudo-labels
         folds = prepare_data(args.work, data)
+        runs = runs_folder(args.work, method, variant)
         with ThreadPoolExecutor(args.jobs) as pool:
             for done in [pool.submit(train, method, options, fold, dataset, runs / fold, args.device, threads)
                          for fold, dataset in folds.items()]:
@@ -250,18 +274,16 @@ def main() -> int:
     if args.ablation is not None:
         summary = {}
         for variant, (options, data) in ABLATION.items():
-            # The shipped recipe is one of the variants: its runs are shared with `make models`.
-            shipped = options == RECIPES["unet"] and data == "all"
-            runs = args.work / "runs" / ("unet" if shipped else f"ablation/{variant}")
             if variant in (args.ablation or ABLATION):
-                train_folds("unet", options, runs, data)
+                train_folds("unet", variant)
+            runs = runs_folder(args.work, "unet", variant)
             if runs.is_dir():
                 summary[variant] = {"options": " ".join(options), "data": data, "cases": fold_scores(runs)}
         (MODELS / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(f"wrote {MODELS / 'ablation.json'}")
         return 0
     for method in args.methods:
-        train_folds(method, RECIPES[method], args.work / "runs" / method)
+        train_folds(method, SHIPPED_UNET if method == "unet" else None)
         ship(method, args.work)
     return 0
 
@@ -270,7 +292,7 @@ def ship(method: str, work: Path) -> None:
     """Store the shipped fold's best checkpoint in fp16 with its card and sha256."""
     from LiverSegLib.checkpoint import Checkpoint
 
-    runs = work / "runs" / method
+    runs = runs_folder(work, method)
     checkpoint = Checkpoint.load(runs / SHIPPED_FOLD / "best.pt", method=method)
     checkpoint.state_dict = {k: (v.half() if v.is_floating_point() else v) for k, v in checkpoint.state_dict.items()}
     checkpoint.resume = None
@@ -332,13 +354,14 @@ def model_card(method: str, checkpoint, digest: str, target: Path) -> str:
         rows.append(f"| {scores['fold']} | {case} | {scores['dice_liver']:.3f} | {scores['dice_liver_last_epoch']:.3f} "
                     f"| {tumour} | {scores['minutes']:.1f} |")
     shipped = next(scores for scores in checkpoint.metrics["cross_validation"].values() if scores["fold"] == SHIPPED_FOLD)
+    options, data = RECIPES[method]
     return "\n".join([
         f"# LiverSeg model card: `{method}`",
         "",
         f"- File: `{target.name}` ({target.stat().st_size / 2**20:.1f} MB, fp16 weights), sha256 `{digest}`.",
         f"- Network and preprocessing: `{json.dumps(checkpoint.config.to_dict())}`.",
         f"- Shipped fold: `{SHIPPED_FOLD}` (trained {shipped['minutes']:.1f} min).",
-        f"- Trained by `make models` (`scripts/train_models.py`, seed {SEED}) with options `{' '.join(RECIPES[method])}` "
+        f"- Trained by `make models` (`scripts/train_models.py`, seed {SEED}) with options `{' '.join(options)}` "
         f"on {platform.processor() or platform.machine()}, torch {torch.__version__}, MONAI {monai.__version__}, Python {platform.python_version()}.",
         "",
         "## Data",
@@ -351,8 +374,11 @@ def model_card(method: str, checkpoint, digest: str, target: Path) -> str:
         "## Levers against the small data",
         "- Self-training: EM pseudo-labels of the unlabelled CTs, each kept only when its liver is "
         f"{PSEUDO_LIVER_ML[0]:.0f}-{PSEUDO_LIVER_ML[1]:.0f} ml (a case-level confidence filter; EM's tumour calls are dropped).",
+        *(["- Self-training, round two: the pseudo-labels are kept only where EM and the fold's round-one U-Net "
+           f"(`{ROUND_ONE}`) agree; the voxels where they disagree are left out of the loss (a voxel-level confidence filter)."]
+          if DATA[data]["pseudo_labels"] == "consensus" else []),
         "- MONAI's spatial (rotation, scaling) and intensity (scale, shift, noise) augmentation.",
-        *lever_lines(RECIPES[method]),
+        *lever_lines(options),
         "- What each lever adds to the U-Net, by the same leave-one-out: `REPORT.md`, section *what each training lever adds*.",
         "",
         "## Leave-one-out validation (each row: a real CT the model never saw)",
