@@ -151,17 +151,20 @@ def ablation_section() -> List[str]:
         "Made by `python scripts/train_models.py --ablation`: the same folds, seed and schedule, one lever switched at a "
         "time. Liver Dice on the held-out case, best epoch / last epoch. Training data: *all* is the labelled real CT "
         "of the fold, EM pseudo-labels of the unlabelled CTs and the phantoms; *consensus* replaces the EM "
-        "pseudo-labels by round-two ones, left out of the loss where EM and the round-one U-Net disagree.",
+        "pseudo-labels by round-two ones, left out of the loss where EM and the round-one U-Net disagree. A variant "
+        "with fewer training volumes makes fewer optimizer steps in the same epochs, and its moving average of the "
+        "weights (`--ema`) lags further behind them: compare its figures with that in mind.",
         "",
-        "| variant | totalseg_example | totalseg_dicom_example | mean, best epoch | mean, last epoch | training data | options |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | totalseg_example | totalseg_dicom_example | mean, best epoch | mean, last epoch | training data | optimizer steps | options |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, result in variants.items():
         cases = result["cases"]
         cells = [f"{cases[c]['dice_liver']:.3f} / {cases[c][LAST]:.3f}" if c in cases else "-"
                  for c in ("totalseg_example", "totalseg_dicom_example")]
+        steps = "/".join(sorted({str(scores.get("steps", "?")) for scores in cases.values()}))
         lines.append(f"| {variant} | {cells[0]} | {cells[1]} | {_mean_of(cases, 'dice_liver'):.3f} "
-                     f"| {_mean_of(cases, LAST):.3f} | {result.get('data', 'all')} | `{result['options']}` |")
+                     f"| {_mean_of(cases, LAST):.3f} | {result.get('data', 'all')} | {steps} | `{result['options']}` |")
     return [*lines, ""]
 
 

@@ -311,7 +311,9 @@ def ship(method: str, work: Path) -> None:
 
 def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
     """Held-out case -> its liver Dice at the best epoch (chosen on that case: optimistic) and at the last
-    epoch (no choice made), and the fold's training minutes."""
+    epoch (no choice made), the fold's training minutes and optimizer steps."""
+    from LiverSegLib.checkpoint import Checkpoint
+
     scores = {}
     for fold in sorted(runs.iterdir()):
         if not (fold / "done.json").is_file():
@@ -321,10 +323,13 @@ def fold_scores(runs: Path) -> Dict[str, Dict[str, float]]:
             epochs = list(csv.DictReader(handle))
         # Summed over the epochs (training and validation), so time before an interruption counts too.
         minutes = round(sum(float(epoch["seconds"]) for epoch in epochs) / 60, 1)
+        # The same epochs over fewer training volumes are fewer steps (and a moving average lags more).
+        optimizer = Checkpoint.load(fold / "last.pt").resume["optimizer"]["state"]
+        steps = int(next(iter(optimizer.values()))["step"])
         for case, best in done["cases"].items():
             scores[case] = {"fold": fold.name, "dice_liver": best["dice_liver"],
                             "dice_liver_last_epoch": round(float(epochs[-1]["dice_liver"]), 4),
-                            "dice_tumour": best["dice_tumour"], "minutes": minutes}
+                            "dice_tumour": best["dice_tumour"], "minutes": minutes, "steps": steps}
     return scores
 
 
