@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", default=default_method(), choices=list(SEGMENTERS),
-                        help=f"segmenter (default: {default_method()}, the best measured in Resources/Models/REPORT.md)")
+    default = default_method()
+    parser.add_argument("--method", default=default, choices=list(SEGMENTERS),
+                        help=f"segmenter (default: {default}, the best measured in Resources/Models/REPORT.md)")
     parser.add_argument("--model", help="checkpoint of a deep segmenter (default: the shipped model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where deep segmenters run")
 
