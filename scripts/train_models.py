@@ -157,7 +157,7 @@ def phantom_cases(work: Path) -> List[Dict[str, str]]:
 def consensus_pseudo_labels(work: Path, fold: str) -> List[Dict[str, str]]:
     """Self-training, round two, with a voxel-level confidence filter, for one fold.
 
-    The fold's round-one U-Net (the shipped recipe, trained with EM's pseudo-labels; it never saw the
+    The fold's round-one U-Net (variant ``ROUND_ONE``, trained with EM's pseudo-labels; it never saw the
     fold's held-out CT) segments each unlabelled CT again. Where it and EM agree, that is the label;
     where they disagree the voxel is ``UNSURE`` and the loss ignores it: a voxel two different methods
     label alike is more likely right, and EM's leaks into neighbouring organs are what they disagree on.
@@ -198,6 +198,7 @@ def prepare_data(work: Path, data: str = "all") -> Dict[str, Path]:
     real = load_msd_dataset(SHARED)
     pseudo_labels = DATA[data]["pseudo_labels"]
     phantoms = phantom_cases(work) if DATA[data]["phantoms"] else []
+    em_labels = em_pseudo_labels(work) if pseudo_labels == "em" else []  # the same for every fold
     root = work / "data" if data == "all" else work / "data" / data
     folds = {}
     for held_out in real:
@@ -206,7 +207,7 @@ def prepare_data(work: Path, data: str = "all") -> Dict[str, Path]:
         if pseudo_labels == "consensus":
             extra = consensus_pseudo_labels(work, folder.name) + phantoms
         else:
-            extra = (em_pseudo_labels(work) if pseudo_labels == "em" else []) + phantoms
+            extra = em_labels + phantoms
         spec = {
             "name": f"LiverSeg training data ({data}), {held_out.name} held out",
             "modality": {"0": "CT"},
