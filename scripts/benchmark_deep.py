@@ -8,7 +8,9 @@ The CT is a synthetic phantom (LiverSegLib.phantom) of 512 x 512 x 300 voxels of
 written once as NIfTI. Each method runs in a fresh process (so its peak RSS is its own), as
 ``liverseg segment`` would: load the CT, build the segmenter from a checkpoint, segment.
 
-Columns: segment_s, wall seconds from building the segmenter to the labelmap, split into pre_s
+Columns: segment_s, wall seconds from building the segmenter to the labelmap (Python's imports of the
+segmenter's modules come before the timer: `liverseg segment`'s own timer starts after them too, and
+``scripts/benchmark_em.py`` times the whole command), split into pre_s
 (resampling to the working grid), network_s (sliding window) and post_s (clean-up, back to the CT
 grid); segment_cpu_s, CPU seconds of the process over all threads; peak_rss_gb, the process's peak
 resident memory; x_em, segment_s over EM's on the CPU of this machine (EM is measured first, the same
@@ -24,6 +26,7 @@ for post_s; the last line then gives post_s for the phantom's own labels, what a
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import subprocess
@@ -117,7 +120,7 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
     torch.set_num_threads(threads)
     from LiverSegLib.checkpoint import Checkpoint
     from LiverSegLib.evaluation import peak_rss_mb
-    from LiverSegLib.segmenters import create_segmenter
+    from LiverSegLib.segmenters import SEGMENTERS, create_segmenter
     from LiverSegLib.segmenters.deep import count_parameters, deep_segmenter_class
     from LiverSegLib.volume import load_ct
 
@@ -130,6 +133,7 @@ def measure(method: str, ct_path: str, device: str, preset: str, threads: int, t
             Checkpoint(config, cls.build_network(config.preprocessing.patch_size, **config.network).state_dict()).save(model_path)
 
         ct = load_ct(ct_path)
+        importlib.import_module(f"LiverSegLib.segmenters.{SEGMENTERS[method][0]}")  # 2-3 s of imports, untimed
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         segmenter = create_segmenter(method, model_path=model_path, device=device)
         marks: List[float] = []  # when preprocessing, the network and post-processing began
