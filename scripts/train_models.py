@@ -13,7 +13,7 @@ interruption continues where it stopped; ``--resume`` is passed to training runs
    validates on it (``validation`` list of its dataset.json). The per-case Dice of each fold is thus on a
    CT the model never saw.
 3. Training options and data per method in ``RECIPES`` (the U-Net's is the ablation variant
-   ``SHIPPED_UNET``); for the U-Net they include the levers against the small
+   ``SHIPPED_UNET``, the other networks' ``ROUND_ONE``); for every network they include the levers against the small
    data (``LiverSegLib.augmentation``: partial-scan slabs, per-label intensity shifts; a moving average
    of the weights). ``--ablation`` trains the variants of ``ABLATION`` on the same folds and writes
    ``Resources/Models/ablation.json``: what each lever adds, shown in the report. Besides the options,
