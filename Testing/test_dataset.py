@@ -1,6 +1,7 @@
 """The MSD dataset reader validates every entry and reports all problems at once."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -73,7 +74,12 @@ def test_label_shape_mismatch_and_missing_manifest(phantom_dataset, tmp_path):
 
 
 def test_shared_real_dataset_is_valid(shared_data):
-    assert len(load_msd_dataset(shared_data)) == 2
+    """Every labelled case dataset.json lists loads, in order, whatever the sample's size."""
+    spec = json.loads((shared_data / "dataset.json").read_text())
+    listed = [Path(item["image"]).name.removesuffix(".nii.gz") for item in spec["training"]]
+    cases = load_msd_dataset(shared_data)
+    assert [case.name for case in cases] == listed
+    assert len(cases) == spec["numTraining"] >= 1
 
 
 def test_fixed_validation_list_is_read_and_checked(phantom_dataset):
