@@ -1,4 +1,4 @@
-"""The two augmentation transforms MONAI lacks: partial scans and per-label intensity shifts."""
+"""The augmentation transforms MONAI lacks: partial scans and per-label intensity shifts (synthetic tumours:\ntest_synthetic_tumours.py), and the whole training pipeline."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_label_intensity_shifts_each_label_by_its_own_offset() -> None:
     assert np.array_equal(shift(_volume())["image"][0].numpy(), out), "the same seed gives the same image"
 
 
-@pytest.mark.parametrize("probs", [(0.0, 0.0), (1.0, 1.0)])
+@pytest.mark.parametrize("probs", [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0)])
 def test_training_transforms_give_patches_of_the_network_size_and_keep_label_values(probs) -> None:
     config = UNetSegmenter.preset_config("default", (3.0, 3.0, 3.0), (32, 32, 16))
     affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
@@ -72,7 +72,8 @@ def test_training_transforms_give_patches_of_the_network_size_and_keep_label_val
         image = volume["image"] * 500.0 - 200.0  # HU, so that the window maps it back to 0..1
         return {"image": MetaTensor(image, affine=affine), "label": MetaTensor(volume["label"], affine=affine)}
 
-    transforms = training_transforms(read, config, samples=3, partial_scan_prob=probs[0], label_intensity_prob=probs[1])
+    transforms = training_transforms(read, config, samples=3, partial_scan_prob=probs[0], label_intensity_prob=probs[1],
+                                     synthetic_tumour_prob=probs[2])
     transforms.set_random_state(seed=0)
     patches = transforms({"name": "box"})
     assert len(patches) == 3

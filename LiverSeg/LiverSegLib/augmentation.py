@@ -10,11 +10,15 @@ MONAI's transforms do the work; two small ones are ours because MONAI has no equ
   offset, the idea of SynthSeg (Billot et al., Medical Image Analysis 2023) with the only label map we
   have: the liver is ~50 HU without contrast and 90-130 HU with it, and tumours may be darker or brighter
   than the liver, so the network must learn shape and context, not one contrast phase.
+- :class:`RandSyntheticTumoursd` paints synthetic lesions into the liver of a training volume and
+  labels them tumour (:mod:`LiverSegLib.synthetic_tumours`): no real CT here has a tumour label, so
+  without it the tumour class is learnt from phantoms alone and no real tumour is found.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Hashable, Mapping, Sequence
+import warnings
+from typing import Any, Callable, Dict, Hashable, Mapping, Sequence, Set
 
 import numpy as np
 import torch
@@ -34,6 +38,7 @@ from scipy.ndimage import gaussian_filter
 
 from .checkpoint import ModelConfig
 from .preprocessing import LIVER, TUMOUR
+from .synthetic_tumours import MIN_LIVER_ML, insert_tumours, spacing_of
 from .segmenters.deep import preprocessing_transforms
 
 
@@ -117,12 +122,58 @@ class RandLabelIntensityd(RandomizableTransform, MapTransform):
         return result
 
 
+class RandSyntheticTumoursd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, paint synthetic lesions into the liver and label them tumour.
+
+    Input and output: image (1, X, Y, Z) windowed to 0..1 under ``keys`` (``hu_window`` says how), and
+    the labelmap (1, X, Y, Z) under ``label_key``; lesions go only into voxels labelled liver (never
+    into UNSURE voxels or a real tumour). Nothing is written to disk: each step draws new lesions. A
+    volume whose liver is under ``MIN_LIVER_ML`` passes unchanged, with one warning naming the case.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str, hu_window: Sequence[float], prob: float = 0.5) -> None:
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.label_key = label_key
+        self.units_per_hu = 1.0 / (float(hu_window[1]) - float(hu_window[0]))
+        self._warned: Set[str] = set()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Dict[Hashable, Any]:
+        self.randomize(None)
+        result = dict(data)
+        if not self._do_transform:
+            return result
+        label = result[self.label_key]
+        affine = np.asarray(label.affine)
+        liver = np.asarray(label[0]) == LIVER
+        liver_ml = float(liver.sum() * np.prod(spacing_of(affine))) / 1000.0
+        if liver_ml < MIN_LIVER_ML:
+            name = str(result.get("name", "a training case"))
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(f"{name}: its liver label holds {liver_ml:.0f} mL, too little for synthetic tumours "
+                              f"(at least {MIN_LIVER_ML:.0f} mL); it trains without them. Check its label if the "
+                              "CT shows a whole liver.", stacklevel=2)
+            return result
+        rng = np.random.default_rng(self.R.randint(2**31))
+        for key in self.key_iterator(result):
+            painted, tumour, _ = insert_tumours(np.asarray(result[key][0]), liver, affine, rng, self.units_per_hu)
+            image = result[key].clone()
+            image[0] = torch.from_numpy(painted).clamp(0.0, 1.0)
+            result[key] = image
+        new_label = label.clone()
+        new_label[0][torch.from_numpy(tumour)] = TUMOUR
+        result[self.label_key] = new_label
+        return result
+
+
 def training_transforms(
     read: Callable[[Any], Dict[str, Any]],
     config: ModelConfig,
     samples: int,
     partial_scan_prob: float = 0.0,
     label_intensity_prob: float = 0.0,
+    synthetic_tumour_prob: float = 0.0,
 ) -> Compose:
     """Read and preprocess as at inference (deterministic: CacheDataset keeps the result), then per-step
     random transforms.
@@ -136,12 +187,16 @@ def training_transforms(
         partial_scan_prob: probability of :class:`RandPartialScand` (0 disables it); presets that
             resize whole volumes need 0 (the slab would be cut after the resize).
         label_intensity_prob: probability of :class:`RandLabelIntensityd` (0 disables it).
+        synthetic_tumour_prob: probability of :class:`RandSyntheticTumoursd` (0 disables it).
     """
     prep = config.preprocessing
     keys = ("image", "label")
     if partial_scan_prob > 0 and prep.resize is not None:
         raise ValueError("partial-scan slabs need a preset that resamples to a spacing, not one that resizes")
     random_transforms = [
+        # On the whole volume, before any cut: lesions at the dome and the border are placed as often as deep ones.
+        *([RandSyntheticTumoursd("image", "label", prep.hu_window, prob=synthetic_tumour_prob)]
+          if synthetic_tumour_prob > 0 else []),
         # Thin slabs first, then the padding below surrounds them exactly as sliding-window inference does.
         *([RandPartialScand(keys, "label", prep.spacing[2], prob=partial_scan_prob)] if partial_scan_prob > 0 else []),
         # Volumes smaller than a patch are padded with 0 (below the HU window, like air).

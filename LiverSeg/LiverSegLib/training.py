@@ -78,6 +78,8 @@ EVENT_COLUMNS = ("epoch", "loss", "dice_liver", "dice_tumour", "seconds")
 METRIC_COLUMNS = EVENT_COLUMNS + ("learning_rate",)
 PARTIAL_SCAN_PROB = 0.3
 """Default ``--partial-scan-prob`` of the presets that resample to a spacing (the shipped U-Net's)."""
+SYNTHETIC_TUMOUR_PROB = 0.5
+"""Default ``--synthetic-tumour-prob``: half the volumes keep a tumour-free liver, so healthy livers stay healthy."""
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -107,6 +109,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
              f"default {PARTIAL_SCAN_PROB}, 0 with --preset paper)")
     add("--label-intensity-prob", type=float, default=0.3,
         help="probability of shifting the liver's and tumour's intensity each by its own offset (contrast phases; 0: off)")
+    add("--synthetic-tumour-prob", type=float, default=SYNTHETIC_TUMOUR_PROB,
+        help="probability of painting synthetic tumours into a training volume's liver (Hu et al. 2023; the real "
+             "labels here have none; 0: off)")
     add("--ema", type=float, default=0.0, metavar="DECAY",
         help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.99; 0: off)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
@@ -137,6 +142,7 @@ class TrainSettings:
     partial_scan_prob: float = 0.0  # runs started before these options existed trained without them
     label_intensity_prob: float = 0.0
     ema_decay: float = 0.0
+    synthetic_tumour_prob: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -163,13 +169,15 @@ class TrainSettings:
             partial_scan_prob=partial_scan_prob,
             label_intensity_prob=args.label_intensity_prob,
             ema_decay=args.ema,
+            synthetic_tumour_prob=args.synthetic_tumour_prob,
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
         if not 0.0 <= settings.cache_rate <= 1.0:
             raise LiverSegError(f"--cache-rate {settings.cache_rate}: must lie between 0 and 1")
         for option, value in (("--partial-scan-prob", settings.partial_scan_prob),
-                              ("--label-intensity-prob", settings.label_intensity_prob)):
+                              ("--label-intensity-prob", settings.label_intensity_prob),
+                              ("--synthetic-tumour-prob", settings.synthetic_tumour_prob)):
             if not 0.0 <= value <= 1.0:
                 raise LiverSegError(f"{option} {value}: a probability lies between 0 and 1 (e.g. 0.3)")
         if not 0.0 <= settings.ema_decay < 1.0:
@@ -377,7 +385,7 @@ class Trainer:
 
         self.transform = training_transforms(
             _read_training_case, config, settings.samples_per_volume, settings.partial_scan_prob,
-            settings.label_intensity_prob,
+            settings.label_intensity_prob, settings.synthetic_tumour_prob,
         )
         items = [{"name": c.name, "image": str(c.image_path), "label": str(c.label_path)} for c in self.train_cases]
         cached = CacheDataset(

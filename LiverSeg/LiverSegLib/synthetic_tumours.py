@@ -1,0 +1,217 @@
+"""Synthetic liver tumours painted into a real liver: the tumour class for CTs whose labels have none.
+
+After "Label-Free Liver Tumor Segmentation" (Hu et al., CVPR 2023), where networks trained only on
+synthetic tumours matched real tumour labels on LiTS. A lesion is drawn (:func:`draw_lesions`), then
+painted (:func:`paint_lesions`):
+
+- **where**: a random liver voxel, anywhere in the organ, in its top fifth (the dome, beside the heart)
+  or within 10 mm of its surface (subcapsular); the lesion is clipped to the liver mask, so one at the
+  border takes the border's shape and stays inside the liver;
+- **shape**: an ellipsoid of 5 mm to 8 cm diameter (log-uniform: small lesions are the common ones),
+  axis ratios 0.7-1.3, randomly rotated, its surface deformed by a smooth random displacement field;
+- **look**: a texture of smoothed noise over a level set relative to the surrounding parenchyma --
+  hypodense (metastases, most lesions), hyperdense, or a hypodense core with an enhancing rim (HCC) --
+  with edges blurred over 0.5-2 mm and the scan's own noise kept, so neither a sharp step nor a
+  noise-free patch gives the lesion away.
+
+Everything is in millimetres and Hounsfield units, on any voxel grid (the affine gives spacing and the
+superior direction), so the same generator serves the training pipeline (windowed images, via
+``units_per_hu``), the phantoms and the synthetic-tumour evaluation on held-out real CT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+DIAMETER_MM = (5.0, 80.0)
+COUNT = (1, 6)
+"""Lesions per liver, drawn uniformly (inclusive)."""
+MAX_LIVER_SHARE = 0.35
+"""The lesions together take at most this share of the liver's volume (larger draws are shrunk)."""
+MIN_LIVER_ML = 100.0
+"""A liver label smaller than this is too small (or too partial) to hold synthetic lesions."""
+PLACEMENTS = {"anywhere": 0.5, "dome": 0.25, "subcapsular": 0.25}
+DOME_SHARE = 0.2
+SUBCAPSULAR_MM = 10.0
+KINDS = {"hypodense": 0.7, "hyperdense": 0.15, "rim": 0.15}
+HYPODENSE_HU = (20.0, 90.0)
+"""How far below the parenchyma a hypodense lesion lies (metastases: 20-90 HU darker at portal phase)."""
+HYPERDENSE_HU = (20.0, 60.0)
+TEXTURE_HU = (4.0, 15.0)
+EDGE_MM = (0.5, 2.0)
+"""Standard deviation of the edge blur."""
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One synthetic lesion: centre (voxel indices), semi-axes (mm), rotation, appearance."""
+
+    centre: Tuple[float, float, float]
+    semi_axes_mm: Tuple[float, float, float]
+    rotation: Tuple[Tuple[float, ...], ...]
+    kind: str
+    contrast_hu: float
+    texture_hu: float
+    edge_mm: float
+    placement: str
+
+    @property
+    def diameter_mm(self) -> float:
+        """Equivalent-sphere diameter."""
+        return 2.0 * float(np.prod(self.semi_axes_mm)) ** (1.0 / 3.0)
+
+
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each array axis."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def draw_lesions(
+    rng: np.random.Generator, liver: np.ndarray, affine: np.ndarray, count: Optional[int] = None
+) -> List[Lesion]:
+    """Draw the lesions of one liver (nothing is painted yet).
+
+    Args:
+        rng: the generator; the same state gives the same lesions.
+        liver: bool (I, J, K) liver mask.
+        affine: 4x4 voxel-to-RAS matrix of the grid.
+        count: number of lesions (default: drawn from ``COUNT``).
+
+    Returns:
+        The lesions; empty when the liver is smaller than ``MIN_LIVER_ML``.
+    """
+    spacing = spacing_of(affine)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    liver_ml = float(liver.sum()) * voxel_ml
+    if liver_ml < MIN_LIVER_ML:
+        return []
+    count = int(rng.integers(COUNT[0], COUNT[1] + 1)) if count is None else count
+    diameters = np.exp(rng.uniform(np.log(DIAMETER_MM[0]), np.log(DIAMETER_MM[1]), size=count))
+    # Volumes scale with the cube: shrink every lesion alike when they would fill too much of the liver.
+    total_ml = float((np.pi / 6.0 * diameters**3).sum()) / 1000.0
+    diameters *= min(1.0, (MAX_LIVER_SHARE * liver_ml / max(total_ml, 1e-9)) ** (1.0 / 3.0))
+    candidates = _candidates(liver, affine, spacing)
+    lesions = []
+    for diameter in diameters:
+        placement = str(rng.choice(list(PLACEMENTS), p=list(PLACEMENTS.values())))
+        pool = candidates[placement] if candidates[placement].size else candidates["anywhere"]
+        centre = pool[int(rng.integers(len(pool)))]
+        ratios = rng.uniform(0.7, 1.3, size=3)
+        semi = diameter / 2.0 * ratios / np.prod(ratios) ** (1.0 / 3.0)
+        kind = str(rng.choice(list(KINDS), p=list(KINDS.values())))
+        contrast = rng.uniform(*(HYPERDENSE_HU if kind == "hyperdense" else HYPODENSE_HU))
+        lesions.append(Lesion(
+            centre=tuple(float(c) for c in centre),
+            semi_axes_mm=tuple(float(s) for s in semi),
+            rotation=tuple(tuple(row) for row in Rotation.random(random_state=rng).as_matrix().tolist()),
+            kind=kind,
+            contrast_hu=float(contrast),
+            texture_hu=float(rng.uniform(*TEXTURE_HU)),
+            edge_mm=float(rng.uniform(*EDGE_MM)),
+            placement=placement,
+        ))
+    return lesions
+
+
+def _candidates(liver: np.ndarray, affine: np.ndarray, spacing: np.ndarray) -> dict:
+    """Placement -> (N, 3) voxel indices where a lesion centre may go."""
+    voxels = np.argwhere(liver)
+    superior = voxels @ np.asarray(affine)[2, :3]  # RAS S coordinate up to a constant
+    dome = voxels[superior >= np.quantile(superior, 1.0 - DOME_SHARE)]
+    low, high = voxels.min(axis=0), voxels.max(axis=0) + 1
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    # Padding makes the field-of-view edge no surface: a liver cut by the scan goes on beyond it.
+    depth = ndimage.distance_transform_edt(np.pad(liver[box], 1, mode="edge"), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    near_surface = voxels[depth[tuple((voxels - low).T)] <= SUBCAPSULAR_MM]
+    return {"anywhere": voxels, "dome": dome, "subcapsular": near_surface}
+
+
+def paint_lesions(
+    image: np.ndarray,
+    liver: np.ndarray,
+    affine: np.ndarray,
+    lesions: List[Lesion],
+    rng: np.random.Generator,
+    units_per_hu: float = 1.0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Paint ``lesions`` into ``image`` inside ``liver``.
+
+    Args:
+        image: (I, J, K) CT, in HU or any linear map of HU (``units_per_hu`` image units per HU, e.g.
+            1/500 for a 500 HU window scaled to 0..1).
+        liver: bool (I, J, K) mask the lesions are confined to.
+        affine: 4x4 voxel-to-RAS matrix.
+        lesions: from :func:`draw_lesions`.
+        rng: texture and deformation noise.
+        units_per_hu: see ``image``.
+
+    Returns:
+        ``(image, tumour)``: float32 image with the lesions, bool (I, J, K) tumour mask (within ``liver``).
+    """
+    out = np.asarray(image, dtype=np.float32).copy()
+    tumour = np.zeros(liver.shape, dtype=bool)
+    if not lesions:
+        return out, tumour
+    spacing = spacing_of(affine)
+    parenchyma = float(np.median(out[liver]))
+    for lesion in lesions:
+        _paint_one(out, tumour, liver, spacing, lesion, parenchyma, rng, units_per_hu)
+    return out, tumour
+
+
+def _paint_one(
+    out: np.ndarray, tumour: np.ndarray, liver: np.ndarray, spacing: np.ndarray, lesion: Lesion,
+    parenchyma: float, rng: np.random.Generator, units_per_hu: float,
+) -> None:
+    semi = np.asarray(lesion.semi_axes_mm)
+    deform_mm = 0.25 * semi.min()
+    reach_mm = semi.max() * 1.3 + deform_mm + 3.0 * lesion.edge_mm
+    centre = np.asarray(lesion.centre)
+    low = np.maximum(np.floor(centre - reach_mm / spacing).astype(int), 0)
+    high = np.minimum(np.ceil(centre + reach_mm / spacing).astype(int) + 1, liver.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    shape = tuple(high - low)
+    offsets = [(np.arange(a, b) - c) * s for a, b, c, s in zip(low, high, centre, spacing)]
+    position = np.stack(np.meshgrid(*offsets, indexing="ij"), axis=-1)  # (X, Y, Z, 3) mm from the centre
+    # A smooth random displacement field deforms the ellipsoid's surface (elastic deformation).
+    sigma = np.maximum(semi.min() / 2.0 / spacing, 1.0)
+    for axis in range(3):
+        field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+        position[..., axis] += field * (deform_mm / max(float(field.std()), 1e-6))
+    local = position @ np.asarray(lesion.rotation).T
+    radius = np.sqrt(((local / semi) ** 2).sum(axis=-1))  # < 1 inside the lesion
+    inside = liver[box]
+    alpha = ndimage.gaussian_filter((radius <= 1.0).astype(np.float32), lesion.edge_mm / spacing) * inside
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), np.maximum(1.5 / spacing, 0.5))
+    texture *= lesion.texture_hu / max(float(texture.std()), 1e-6)
+    sign = 1.0 if lesion.kind == "hyperdense" else -1.0
+    level_hu = sign * lesion.contrast_hu + texture
+    if lesion.kind == "rim":  # HCC's enhancing capsule around a darker core
+        level_hu = np.where(radius > 0.75, lesion.contrast_hu * 0.8 + texture, level_hu)
+    region = out[box]
+    noise = region - ndimage.gaussian_filter(region, 1.0)  # the scan's own noise stays on the lesion
+    out[box] = (1.0 - alpha) * region + alpha * (parenchyma + level_hu * units_per_hu + noise)
+    tumour[box] |= (alpha >= 0.5) & inside
+
+
+def insert_tumours(
+    image: np.ndarray,
+    liver: np.ndarray,
+    affine: np.ndarray,
+    rng: np.random.Generator,
+    units_per_hu: float = 1.0,
+    count: Optional[int] = None,
+) -> Tuple[np.ndarray, np.ndarray, List[Lesion]]:
+    """Draw and paint the lesions of one liver (:func:`draw_lesions` then :func:`paint_lesions`).
+
+    Returns:
+        ``(image, tumour, lesions)``; the image unchanged and the mask empty when the liver is too small.
+    """
+    lesions = draw_lesions(rng, liver, affine, count)
+    painted, tumour = paint_lesions(image, liver, affine, lesions, rng, units_per_hu)
+    return painted, tumour, lesions
