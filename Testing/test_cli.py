@@ -64,6 +64,28 @@ def test_evaluate_writes_csv_markdown_and_plot(tmp_path, capsys):
     assert "mean liver Dice" in capsys.readouterr().out
 
 
+def test_evaluate_with_synthetic_tumours_scores_lesions_and_leaves_the_data_alone(tmp_path, capsys):
+    assert main(["phantom", "-o", str(tmp_path / "ds"), "--cases", "1"]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "ds").rglob("*.nii.gz")}
+    args = ["evaluate", str(tmp_path / "ds"), "--method", "em", "--synthetic-tumours", "7"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert "with synthetic tumours (seed 7)" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "b")]) == 0
+    rows = (tmp_path / "a" / "em.csv").read_text().splitlines()
+    header, row = rows[0].split(","), dict(zip(rows[0].split(","), rows[1].split(",")))
+    again = dict(zip(header, (tmp_path / "b" / "em.csv").read_text().splitlines()[1].split(",")))
+    assert "lesions_found" in header
+    assert {k: v for k, v in row.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
+    # The phantom's own tumours plus the synthetic ones: more tumour than the phantom label holds.
+    plain = main(["evaluate", str(tmp_path / "ds"), "--method", "em", "-o", str(tmp_path / "c")])
+    assert plain == 0
+    plain_row = dict(zip(*(line.split(",") for line in (tmp_path / "c" / "em.csv").read_text().splitlines())))
+    assert float(row["reference_tumour_ml"]) > float(plain_row["reference_tumour_ml"])
+    lesions = (tmp_path / "a" / "em_lesions.csv").read_text().splitlines()
+    assert lesions[0] == "case,diameter_mm,found" and len(lesions) >= 2
+    assert {p: p.read_bytes() for p in (tmp_path / "ds").rglob("*.nii.gz")} == before, "nothing written into the dataset"
+
+
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(REPOSITORY / "LiverSeg"))
     return subprocess.run([sys.executable, "-m", "LiverSegLib.cli", *map(str, args)], capture_output=True, text=True, env=env)

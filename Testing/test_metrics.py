@@ -44,3 +44,19 @@ def test_volumes_in_ml():
     volumes = volumes_ml(labels, voxel_ml=0.002)
     assert volumes["liver_ml"] == pytest.approx(500 * 0.002)
     assert volumes["tumour_ml"] == pytest.approx(4 * 0.002)
+
+
+def test_lesions_are_counted_from_10_mm_and_found_when_a_fifth_is_labelled():
+    from LiverSegLib.metrics import lesion_detection
+
+    reference = np.zeros((40, 40, 40), np.uint8)
+    reference[5:15, 5:15, 5:15] = 2  # 10 mm cube at 1 mm: 12.4 mm equivalent sphere
+    reference[25:35, 25:35, 25:35] = 2
+    reference[2, 30, 30] = 2  # 1 voxel: under 10 mm, not counted
+    prediction = np.zeros_like(reference)
+    prediction[5:15, 5:15, 5:7] = 2  # 20 % of the first lesion
+    prediction[25:35, 25:35, 25:26] = 2  # 10 % of the second
+    found = lesion_detection(prediction, reference, (1.0, 1.0, 1.0))
+    assert [f for _, f in found] == [True, False]
+    assert all(d == pytest.approx(12.4, abs=0.1) for d, _ in found)
+    assert lesion_detection(prediction, np.zeros_like(reference), (1.0, 1.0, 1.0)) == []

@@ -22,3 +22,15 @@ def test_keeps_largest_liver_with_touching_tumours_and_fills_holes():
 
 def test_empty_prediction_stays_empty():
     assert not clean_labels(np.zeros((5, 5, 5), np.uint8)).any()
+
+
+def test_a_liver_reaching_the_last_slice_keeps_it_on_the_ct_grid():
+    """The working grid's last sample may fall inside the CT's last slice; the mask must not fade there."""
+    from LiverSegLib.preprocessing import to_input_grid, to_working_grid
+    from LiverSegLib.volume import Volume
+
+    ct = Volume(np.zeros((20, 20, 21), np.int16), np.diag([2.0, 2.0, 3.0, 1.0]))  # 21 slices of 3 mm: 60 mm
+    working = to_working_grid(ct, (2.5, 2.5, 2.5))
+    labels = np.ones(working.shape[1:], np.uint8)
+    back = to_input_grid(labels, working.affine.numpy(), ct)
+    assert back[:, :, 0].all() and back[:, :, -1].all() and back[0].all() and back[-1].all()

@@ -8,11 +8,12 @@ LiTS/MSD liver evaluation -- and "tumour" is label 2. A class absent from the re
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.metrics import DiceMetric
+from scipy import ndimage
 
 from .preprocessing import LIVER, TUMOUR
 
@@ -47,3 +48,24 @@ def volumes_ml(labels: np.ndarray, voxel_ml: float) -> Dict[str, float]:
         "liver_ml": float(np.count_nonzero(labels >= LIVER)) * voxel_ml,
         "tumour_ml": float(np.count_nonzero(labels == TUMOUR)) * voxel_ml,
     }
+
+
+DETECTED_SHARE = 0.2
+"""A reference lesion is found when at least this share of its voxels is labelled tumour."""
+MIN_LESION_MM = 10.0
+"""Lesions are counted from this equivalent-sphere diameter up (smaller ones are scored by Dice only)."""
+
+
+def lesion_detection(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
+) -> List[Tuple[float, bool]]:
+    """Each reference lesion of at least ``MIN_LESION_MM`` (a connected piece of label 2): its
+    equivalent-sphere diameter in mm and whether the prediction found it (``DETECTED_SHARE``)."""
+    pieces, count = ndimage.label(reference == TUMOUR)
+    if count == 0:
+        return []
+    index = np.arange(1, count + 1)
+    voxels = ndimage.sum_labels(np.ones(pieces.shape, np.int32), pieces, index)
+    found = ndimage.sum_labels(prediction == TUMOUR, pieces, index)
+    diameters = 2.0 * (3.0 * voxels * float(np.prod(spacing)) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    return [(float(d), bool(f >= DETECTED_SHARE * v)) for d, f, v in zip(diameters, found, voxels) if d >= MIN_LESION_MM]

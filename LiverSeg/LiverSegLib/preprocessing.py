@@ -72,6 +72,9 @@ def to_input_grid(labels: np.ndarray, working_affine: np.ndarray, ct: Volume) ->
             offset=ct_to_working[:3, :3] @ start + ct_to_working[:3, 3],
             output_shape=tuple(stop - start),
             order=1,
+            # The working grid's last sample may lie inside the CT's last slice: beyond it the mask goes
+            # on as it ends, instead of fading to 0 and losing that slice.
+            mode="nearest",
             output=np.float32,
         )
         region = tuple(slice(a, b) for a, b in zip(start, stop))

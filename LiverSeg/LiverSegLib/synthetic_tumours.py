@@ -22,11 +22,15 @@ superior direction), so the same generator serves the training pipeline (windowe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+import zlib
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+
+if TYPE_CHECKING:
+    from .volume import Volume
 
 DIAMETER_MM = (5.0, 80.0)
 COUNT = (1, 6)
@@ -215,3 +219,26 @@ def insert_tumours(
     lesions = draw_lesions(rng, liver, affine, count)
     painted, tumour = paint_lesions(image, liver, affine, lesions, rng, units_per_hu)
     return painted, tumour, lesions
+
+
+def case_rng(seed: int, case: str) -> np.random.Generator:
+    """The generator of one case: the same lesions for the same (seed, case name), whatever the case order."""
+    return np.random.default_rng([seed, zlib.crc32(case.encode())])
+
+
+def with_synthetic_tumours(ct: "Volume", labels: "Volume", rng: np.random.Generator) -> Tuple["Volume", "Volume"]:
+    """A labelled CT with lesions painted into its liver (label 1) and labelled tumour (2).
+
+    For evaluation on real CT whose labels hold no tumour: only in memory, nothing is written to disk.
+    The CT keeps its dtype (HU rounded for integer CTs); real tumours already labelled stay as they are.
+    """
+    from .preprocessing import LIVER, TUMOUR
+
+    liver = labels.array == LIVER
+    painted, tumour, _ = insert_tumours(ct.array, liver, ct.affine, rng)
+    if np.issubdtype(ct.array.dtype, np.integer):
+        info = np.iinfo(ct.array.dtype)
+        painted = np.clip(np.rint(painted), info.min, info.max)
+    new_labels = labels.array.copy()
+    new_labels[tumour] = TUMOUR
+    return ct.with_array(painted.astype(ct.array.dtype)), labels.with_array(new_labels)

@@ -13,8 +13,9 @@ priors pick the liver out of it:
    neighbours; the largest remaining right-sided piece is grown back within the liver-like tissue,
    closed and hole-filled (vessels and lesions are part of the organ).
 
-Tumours are the clearly hypodense regions inside that organ (below the liver component's mean by
-``TUMOUR_SIGMAS`` standard deviations, at least ``MIN_TUMOUR_ML``).
+Tumours come from a second mixture fitted inside the organ's envelope (parenchyma, vessels, lesions):
+a component clearly darker than the parenchyma is lesion, so lesions deep in the liver and at its
+surface are found, and both stay part of the liver (:func:`_tumours`).
 
 Everything runs on a 2.5 mm working grid and the result is resampled onto the CT's own grid.
 """
@@ -46,11 +47,17 @@ LIVER_HEIGHT_MM = 260.0
 """The liver's extent below the dome is well within this (a large liver is ~20-22 cm)."""
 LIVER_SPREAD_HU = 35.0
 MIN_SHARE = 0.15
-TUMOUR_SIGMAS = 3.0
-TUMOUR_HU_BELOW_LIVER = 80.0
-"""Lesions darker than liver by more than this are cysts, bile or fat, not solid tumour."""
-TUMOUR_ENCLOSED = 0.6
-MIN_TUMOUR_ML = 0.5
+ENVELOPE_MM = 12.5
+"""Closing radius of the organ: lesions up to about twice this deep at the liver's surface fall inside."""
+LESION_COMPONENTS = 3
+"""Inside the liver: parenchyma, vessels, lesions."""
+LESION_SIGMAS = 2.5
+LESION_MIN_HU = 15.0
+TUMOUR_HU_BELOW_LIVER = 100.0
+"""Voxels darker than the parenchyma by more than this are fluid, bile or fat, not solid tumour."""
+MIN_TUMOUR_ML = 1.0
+TUMOUR_ENCLOSED = 0.5
+"""Share of a lesion's 5 mm rim that must be liver."""
 SEED = 0
 
 
@@ -89,7 +96,7 @@ class EMSegmenter(Segmenter):
 
         self._step(0.75, "finding tumours")
         labels = organ.astype(np.uint8)
-        labels[_tumours(smooth, organ, mixture, liver_components, spacing)] = TUMOUR  # may extend the organ at its edge
+        labels[_tumours(smooth, organ, body, spacing)] = TUMOUR  # may extend the organ at its surface
         labels = clean_labels(labels)
 
         self._step(0.85, "resampling to the CT grid")
@@ -214,27 +221,52 @@ def _liver_from_tissue(liver_like: np.ndarray, region: np.ndarray, body: np.ndar
     return ndimage.binary_fill_holes(organ)
 
 
-def _tumours(
-    smooth: np.ndarray, organ: np.ndarray, mixture: GaussianMixture, components: np.ndarray, spacing: np.ndarray
-) -> np.ndarray:
-    """Hypodense lesions of the liver: regions clearly darker than liver but denser than fluid
-    (TUMOUR_HU_BELOW_LIVER), mostly surrounded by liver (a lesion at the edge is still enclosed on most
-    sides), and large enough not to be noise or a vessel cross-section."""
+def _tumours(smooth: np.ndarray, organ: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Lesions of the liver by a second Gaussian mixture, fitted inside the organ (the paper's idea).
+
+    Lesions are not liver-like, so the organ found above has holes where they are deep and notches
+    where they reach the surface. The organ's envelope (a closing by ``ENVELOPE_MM``, holes filled)
+    holds both. A mixture of ``LESION_COMPONENTS`` Gaussians over the envelope's intensities separates
+    parenchyma, vessels and lesions; a component darker than the organ's median by ``LESION_SIGMAS``
+    of its robust spread (and at least ``LESION_MIN_HU``) is lesion. The spread is the organ's, not
+    a component's: EM may split a heterogeneous parenchyma into two narrow components.
+    Its voxels, denser than fluid (``TUMOUR_HU_BELOW_LIVER``), opened to drop specks, make the tumours
+    of at least ``MIN_TUMOUR_ML`` whose rim is mostly liver (``TUMOUR_ENCLOSED``); in a liver without
+    lesions no component is that dark.
+
+    Returns:
+        bool mask of the tumours (inside the envelope; they join the organ).
+    """
     if not organ.any():
         return organ
-    darkest = components[np.argmin(mixture.means_[components, 0])]
-    mean = mixture.means_[darkest, 0]
-    sd = float(np.sqrt(mixture.covariances_[darkest].ravel()[0]))
-    dark = (smooth < mean - TUMOUR_SIGMAS * sd) & (smooth > mean - TUMOUR_HU_BELOW_LIVER)
-    dark = _dilate(_erode(dark, 2.5, spacing), 2.5, spacing) & dark  # opening: drops noise specks
-    pieces, count = ndimage.label(dark)
+    envelope = _erode(_dilate(organ, ENVELOPE_MM, spacing), ENVELOPE_MM, spacing) & body
+    # Axial holes too: a lesion cut by the first or last slice is open in 3D but enclosed in its slices.
+    envelope = ndimage.binary_fill_holes(np.stack([ndimage.binary_fill_holes(envelope[:, :, z])
+                                                   for z in range(envelope.shape[2])], axis=2))
+    values = smooth[envelope]
+    organ_values = smooth[organ]
+    parenchyma = float(np.median(organ_values))
+    spread = 1.4826 * float(np.median(np.abs(organ_values - parenchyma)))  # robust sd: lesions barely move it
+    useful = (values > parenchyma - TUMOUR_HU_BELOW_LIVER) & (values < parenchyma + TUMOUR_HU_BELOW_LIVER)
+    sample = np.random.default_rng(SEED).permutation(values[useful])[:FIT_SAMPLES, None]
+    if sample.shape[0] < 100 * LESION_COMPONENTS:
+        return np.zeros_like(organ)
+    mixture = GaussianMixture(n_components=LESION_COMPONENTS, covariance_type="full", random_state=SEED).fit(sample)
+    dark = np.nonzero(mixture.means_[:, 0] < parenchyma - max(LESION_SIGMAS * spread, LESION_MIN_HU))[0]
+    if dark.size == 0:
+        return np.zeros_like(organ)
+    lesion = np.zeros_like(organ)
+    candidates = envelope & (smooth > parenchyma - TUMOUR_HU_BELOW_LIVER)
+    lesion[candidates] = mixture.predict_proba(smooth[candidates][:, None])[:, dark].sum(axis=1) > 0.5
+    lesion = _dilate(_erode(lesion, 2.5, spacing), 2.5, spacing) & lesion  # opening: drops noise specks
+    pieces, count = ndimage.label(lesion)
     if count == 0:
-        return dark
+        return lesion
     index = np.arange(1, count + 1)
-    # Each voxel of the 5 mm rim around the dark pieces, labelled with the piece it is nearest to.
-    distance, nearest = ndimage.distance_transform_edt(~dark, sampling=spacing, return_indices=True)
+    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index) * float(np.prod(spacing)) / 1000.0
+    # Each voxel of the 5 mm rim around the pieces, labelled with the piece it is nearest to: a lesion is
+    # mostly surrounded by liver (one at the surface on most sides), a gap between organs is not.
+    distance, nearest = ndimage.distance_transform_edt(~lesion, sampling=spacing, return_indices=True)
     rim_pieces = np.where((distance > 0) & (distance <= 5.0), pieces[tuple(nearest)], 0)
     enclosed = ndimage.mean(organ, rim_pieces, index)
-    sizes = ndimage.sum_labels(np.ones_like(pieces), pieces, index) * float(np.prod(spacing)) / 1000.0
-    keep = index[(sizes >= MIN_TUMOUR_ML) & (enclosed >= TUMOUR_ENCLOSED)]
-    return np.isin(pieces, keep)
+    return np.isin(pieces, index[(sizes >= MIN_TUMOUR_ML) & (enclosed >= TUMOUR_ENCLOSED)])
