@@ -1,8 +1,13 @@
-"""Shared post-processing: the liver's largest piece, its tumours and its holes; nothing else."""
+"""Shared post-processing: the liver piece where the liver lies, its tumours and its holes; nothing else."""
 
 import numpy as np
+import torch
 
+from LiverSegLib.metrics import dice_scores
+from LiverSegLib.phantom import make_phantom
 from LiverSegLib.preprocessing import clean_labels
+from LiverSegLib.segmenters.deep import DeepModel, preprocessing_transforms, volume_to_metatensor
+from LiverSegLib.segmenters.unet import UNetSegmenter
 
 
 def test_keeps_largest_liver_with_touching_tumours_and_fills_holes():
@@ -34,3 +39,27 @@ def test_a_liver_reaching_the_last_slice_keeps_it_on_the_ct_grid():
     labels = np.ones(working.shape[1:], np.uint8)
     back = to_input_grid(labels, working.affine.numpy(), ct)
     assert back[:, :, 0].all() and back[:, :, -1].all() and back[0].all() and back[-1].all()
+
+
+def test_the_liver_piece_kept_is_the_one_in_the_right_upper_abdomen_not_the_largest():
+    """A weak network's largest 'liver' piece can be a pelvic blob; the piece under the lungs on the right wins."""
+    ct, reference = make_phantom((96, 96, 120), (4.0, 4.0, 4.0), seed=2, n_tumours=0)
+    config = UNetSegmenter.preset_config("default", (4.0, 4.0, 4.0), (32, 32, 32))
+    model = DeepModel(None, config, None, torch.device("cpu"))
+    image = model.preprocess(ct)
+    data = {"image": volume_to_metatensor(ct), "label": volume_to_metatensor(reference)}
+    for transform in preprocessing_transforms(config.preprocessing, ("image", "label")):
+        data = transform(data)
+    labels = data["label"][0].numpy().astype(np.uint8)
+    liver_voxels = int((labels >= 1).sum())
+    # A blob 1.5 times the liver's size, low in the pelvis, on the right.
+    side = int(round((1.5 * liver_voxels) ** (1 / 3)))
+    blob = np.zeros_like(labels, dtype=bool)
+    x0 = labels.shape[0] // 2
+    blob[x0 : x0 + side, 10 : 10 + side, 1 : 1 + side] = True
+    assert not (blob & (labels >= 1)).any() and blob.sum() > liver_voxels
+    labels[blob] = 1
+    assert (clean_labels(labels) >= 1).sum() == blob.sum(), "by size alone the blob wins"
+    kept = model.postprocess(labels, image, ct)
+    assert (kept >= 1).sum() > 0.9 * (reference.array >= 1).sum()
+    assert dice_scores(kept, reference.array)["dice_liver"] > 0.9

@@ -97,18 +97,21 @@ def reference_post_seconds(ct_path: Path, labels_path: Path, preset: str) -> flo
     The untrained networks' scattered labels span the whole CT, the worst case for the resampling back
     to the CT grid; a trained network's liver spans a fraction of it, as the reference labels do.
     """
+    import torch
+
     from LiverSegLib.segmenters.deep import DeepModel, deep_segmenter_class, preprocessing_transforms
     from LiverSegLib.segmenters.deep import volume_to_metatensor
     from LiverSegLib.volume import load_ct, load_volume
 
     ct = load_ct(ct_path)
     data = {"image": volume_to_metatensor(ct), "label": volume_to_metatensor(load_volume(labels_path))}
-    prep = deep_segmenter_class("unet").preset_config(preset).preprocessing
-    for transform in preprocessing_transforms(prep, ("image", "label")):
+    config = deep_segmenter_class("unet").preset_config(preset)
+    for transform in preprocessing_transforms(config.preprocessing, ("image", "label")):
         data = transform(data)
     labels = data["label"][0].numpy().astype("uint8")
+    model = DeepModel(None, config, None, torch.device("cpu"))  # post-processing needs no network
     started = time.perf_counter()
-    DeepModel.postprocess(labels, data["label"].affine.numpy(), ct)
+    model.postprocess(labels, data["image"], ct)
     return time.perf_counter() - started
 
 

@@ -1,19 +1,19 @@
 """Pre- and post-processing shared by every segmenter, built from MONAI transforms.
 
 CT -> :func:`to_working_grid` (RAS orientation, working spacing) -> segmenter-specific work ->
-:func:`clean_labels` (largest liver component, holes filled, tumour inside liver) ->
+:func:`clean_labels` (the liver component where the liver lies, holes filled, tumour inside liver) ->
 :func:`to_input_grid` (back onto the CT's exact grid and affine).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
 from monai.data import MetaTensor
-from monai.transforms import Compose, FillHoles, KeepLargestConnectedComponent, Orientation, Spacing
+from monai.transforms import Compose, FillHoles, Orientation, Spacing
 
 from .volume import Volume
 
@@ -99,15 +99,18 @@ def _block_covering(mask: np.ndarray, ct_to_working: np.ndarray, ct_shape: Seque
     return start, stop
 
 
-def clean_labels(labels: np.ndarray) -> np.ndarray:
+def clean_labels(labels: np.ndarray, region: Optional[np.ndarray] = None) -> np.ndarray:
     """Post-processing shared by all segmenters.
 
-    Keeps the largest connected piece of liver, the tumours touching it (a tumour never bridges the
-    liver to a neighbour organ wrongly labelled liver), and fills the holes of that organ (vessels and
-    lesions the segmenter missed are part of it).
+    Keeps one connected piece of liver -- the one with most voxels in ``region`` (where the liver may
+    be, :func:`LiverSegLib.anatomy.liver_region`), or the largest without a region or when no piece
+    reaches it -- the tumours touching it (a tumour never bridges the liver to a neighbour organ
+    wrongly labelled liver), and fills the holes of that organ (vessels and lesions the segmenter
+    missed are part of it).
 
     Args:
         labels: uint8 (X, Y, Z) with values 0/1/2.
+        region: optional bool (X, Y, Z) mask of where the liver may be.
 
     Returns:
         uint8 (X, Y, Z) labelmap, same shape.
@@ -115,8 +118,14 @@ def clean_labels(labels: np.ndarray) -> np.ndarray:
     liver = labels == LIVER if (labels == LIVER).any() else labels >= LIVER
     if not liver.any():
         return np.zeros_like(labels, dtype=np.uint8)
-    largest = KeepLargestConnectedComponent(applied_labels=[1], connectivity=1)(torch.from_numpy(liver[None]).to(torch.uint8))
-    organ = np.asarray(largest[0], dtype=bool)
+    pieces, count = ndimage.label(liver)  # 6-connected, as MONAI's KeepLargestConnectedComponent(connectivity=1)
+    index = np.arange(1, count + 1)
+    score = ndimage.sum_labels(np.ones(pieces.shape, np.int32), pieces, index)
+    if region is not None:
+        in_region = ndimage.sum_labels(region, pieces, index)
+        if in_region.max() > 0:
+            score = in_region
+    organ = pieces == index[int(np.argmax(score))]
     tumours, _ = ndimage.label(labels == TUMOUR)
     touching = np.unique(tumours[ndimage.binary_dilation(organ) & (tumours > 0)])
     organ |= np.isin(tumours, touching)

@@ -510,7 +510,7 @@ class Trainer:
         for case in self.validation:
             reference = Volume(np.asarray(load_volume(case.label_path).array).astype(np.uint8), case.ct_affine)
             labels = self.model.predict(case.image)
-            predicted = self.model.postprocess(labels, case.image.affine.numpy(), reference)
+            predicted = self.model.postprocess(labels, case.image, reference)
             scores.append({"case": case.name, **dice_scores(predicted, reference.array)})
         if self.world.size > 1:
             gathered: List[Any] = [None] * self.world.size

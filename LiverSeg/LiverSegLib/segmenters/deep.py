@@ -6,7 +6,7 @@ Every deep segmenter runs the same flow (:meth:`DeepModel.segment`), top to bott
       -> preprocess: RAS orientation, working spacing (or the paper's fixed resize), crop to the
          body, HU window to 0..1                                 -> image (1, X, Y, Z) on the working grid
       -> network, tile by tile (sliding window, Gaussian blending) -> logits (3, X, Y, Z) -> argmax
-      -> clean_labels: largest liver component, holes filled, tumour only inside the liver
+      -> clean_labels: the liver component in the right upper abdomen, holes filled, tumour only inside the liver
       -> to_input_grid: back onto the CT's own grid and affine     -> uint8 labelmap (I, J, K)
 
 A segmenter file (``unet.py``, ``autoencoder.py``, ``vit_autoencoder.py``, ``vae.py``) only says which
@@ -38,6 +38,7 @@ from monai.transforms import (
 )
 from torch import nn
 
+from ..anatomy import body_mask, liver_region
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
 from ..errors import LiverSegError
 from ..preprocessing import BODY_HU, UNSURE, clean_labels, to_input_grid
@@ -217,7 +218,7 @@ class DeepModel:
         image = self.preprocess(ct)
         labels = self.predict(image, lambda fraction: step(0.05 + 0.85 * fraction, "segmenting"))
         step(0.9, "cleaning the labelmap and resampling it to the CT grid")
-        return self.postprocess(labels, image.affine.numpy(), ct)
+        return self.postprocess(labels, image, ct)
 
     def preprocess(self, ct: Volume) -> MetaTensor:
         """CT (I, J, K) in HU -> image (1, X, Y, Z) in 0..1 on the working grid (:func:`preprocessing_transforms`)."""
@@ -286,13 +287,21 @@ class DeepModel:
         finally:
             self.network.train(was_training)
 
-    @staticmethod
-    def postprocess(labels: np.ndarray, working_affine: np.ndarray, grid: Volume) -> np.ndarray:
+    def postprocess(self, labels: np.ndarray, image: MetaTensor, grid: Volume) -> np.ndarray:
         """Working-grid labelmap (X, Y, Z) -> cleaned uint8 labelmap on ``grid``'s (I, J, K) grid and affine.
 
-        ``grid`` only lends its shape and affine: the CT, or its reference labelmap during validation.
+        ``image`` is the preprocessed input (1, X, Y, Z): it tells where the liver may lie (the right
+        upper abdomen below the lungs, :func:`~LiverSegLib.anatomy.liver_region`), so the piece kept is
+        the liver, not the largest piece. ``grid`` only lends its shape and affine: the CT, or its
+        reference labelmap during validation.
         """
-        return to_input_grid(clean_labels(labels), working_affine, grid)
+        low, high = self.config.preprocessing.hu_window
+        hu = image[0].numpy() * (high - low) + low
+        air_hu = max(BODY_HU, low)  # the window cannot tell lung from air below its floor
+        body = body_mask(hu, air_hu)
+        affine = image.affine.numpy()
+        region = liver_region(hu, body, np.linalg.norm(affine[:3, :3], axis=0), air_hu)
+        return to_input_grid(clean_labels(labels, region), affine, grid)
 
 
 def _tile_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:

@@ -7,8 +7,8 @@ priors pick the liver out of it:
 1. **HU range** -- the liver's mixture component is the soft-tissue component (mean within
    ``LIVER_HU``) that dominates the right lateral abdomen, the one place where liver is most of the soft
    tissue in any abdominal CT, contrast-enhanced or not.
-2. **Position** -- right side of the body (RAS x above the body's centre line) and, when the lungs are in
-   the field of view, just below their base (``BELOW_LUNG_MM``).
+2. **Position** -- right side of the body and, when the lungs are in the field of view, just below
+   their base; otherwise the top of the scan (:func:`LiverSegLib.anatomy.liver_region`).
 3. **Size and shape** -- erosion by ``SEPARATION_MM`` cuts the thin bridges between the liver and its
    neighbours; the largest remaining right-sided piece is grown back within the liver-like tissue,
    closed and hole-filled (vessels and lesions are part of the organ).
@@ -29,7 +29,8 @@ from scipy import ndimage
 from sklearn.mixture import GaussianMixture
 
 from ..errors import LiverSegError
-from ..preprocessing import BODY_HU, LIVER, TUMOUR, clean_labels, to_input_grid, to_working_grid
+from ..anatomy import body_mask, liver_region
+from ..preprocessing import TUMOUR, clean_labels, to_input_grid, to_working_grid
 from ..volume import Volume
 from .base import Segmenter
 
@@ -41,10 +42,6 @@ LIVER_HU = (20.0, 160.0)
 N_COMPONENTS = 5
 FIT_SAMPLES = 200_000
 SEPARATION_MM = 7.5
-BELOW_LUNG_MM = 60.0
-"""The liver dome rises this far above the lowest slice that still has much lung."""
-LIVER_HEIGHT_MM = 260.0
-"""The liver's extent below the dome is well within this (a large liver is ~20-22 cm)."""
 LIVER_SPREAD_HU = 35.0
 MIN_SHARE = 0.15
 ENVELOPE_MM = 12.5
@@ -79,9 +76,9 @@ class EMSegmenter(Segmenter):
         spacing = np.asarray(WORKING_SPACING_MM)
 
         self._step(0.25, "finding the body")
-        body = _body_mask(hu)
+        body = body_mask(hu)
         smooth = ndimage.median_filter(hu, size=3)
-        region = _prior_region(hu, body, spacing)
+        region = liver_region(hu, body, spacing)
 
         self._step(0.35, "fitting the Gaussian mixture (EM)")
         mixture, soft_in_region = _fit_mixture(smooth, body, region)
@@ -97,42 +94,10 @@ class EMSegmenter(Segmenter):
         self._step(0.75, "finding tumours")
         labels = organ.astype(np.uint8)
         labels[_tumours(smooth, organ, body, spacing)] = TUMOUR  # may extend the organ at its surface
-        labels = clean_labels(labels)
+        labels = clean_labels(labels, region)
 
         self._step(0.85, "resampling to the CT grid")
         return to_input_grid(labels, working.affine.numpy(), ct)
-
-
-def _body_mask(hu: np.ndarray) -> np.ndarray:
-    """The patient: largest non-air component, with lungs and bowel gas filled in slice by slice."""
-    body, count = ndimage.label(hu > BODY_HU)
-    if count == 0:
-        raise LiverSegError("no body found in the CT (no voxel above -500 HU); check that the image is an abdominal CT")
-    sizes = ndimage.sum_labels(np.ones_like(body), body, index=np.arange(1, count + 1))
-    body = body == (1 + int(np.argmax(sizes)))
-    for z in range(body.shape[2]):  # per slice: the lungs and gas are holes in 2D but may touch the ends in 3D
-        body[:, :, z] = ndimage.binary_fill_holes(body[:, :, z])
-    return body
-
-
-def _prior_region(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Where the liver may be: the right half of the body, within reach below the lung bases.
-
-    Working-grid axes are RAS, so axis 0 grows towards the patient's right and axis 2 towards the head.
-    """
-    x_centre = np.average(np.arange(body.shape[0]), weights=body.sum(axis=(1, 2)))
-    region = body.copy()
-    region[: int(round(x_centre)) - int(round(20.0 / spacing[0]))] = False  # right side, with a 2 cm margin past midline
-
-    lung = (hu < BODY_HU) & body
-    lung_fraction = lung.sum(axis=(0, 1)) / np.maximum(body.sum(axis=(0, 1)), 1)
-    lung_slices = np.nonzero(lung_fraction > 0.15)[0]
-    if lung_slices.size:
-        top = min(body.shape[2], lung_slices.min() + int(BELOW_LUNG_MM / spacing[2]))
-        bottom = max(0, top - int(LIVER_HEIGHT_MM / spacing[2]))
-        region[:, :, top:] = False
-        region[:, :, :bottom] = False
-    return region
 
 
 def _fit_mixture(smooth: np.ndarray, body: np.ndarray, region: np.ndarray) -> Tuple[GaussianMixture, np.ndarray]:
