@@ -60,7 +60,7 @@ def test_label_intensity_shifts_each_label_by_its_own_offset() -> None:
     assert np.array_equal(shift(_volume())["image"][0].numpy(), out), "the same seed gives the same image"
 
 
-@pytest.mark.parametrize("probs", [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0)])
+@pytest.mark.parametrize("probs", [(0.0, 0.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.0), (1.0, 1.0, 1.0, 0.33)])
 def test_training_transforms_give_patches_of_the_network_size_and_keep_label_values(probs) -> None:
     config = UNetSegmenter.preset_config("default", (3.0, 3.0, 3.0), (32, 32, 16))
     affine = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0], dtype=torch.float64))
@@ -73,7 +73,7 @@ def test_training_transforms_give_patches_of_the_network_size_and_keep_label_val
         return {"image": MetaTensor(image, affine=affine), "label": MetaTensor(volume["label"], affine=affine)}
 
     transforms = training_transforms(read, config, samples=3, partial_scan_prob=probs[0], label_intensity_prob=probs[1],
-                                     synthetic_tumour_prob=probs[2])
+                                     synthetic_tumour_prob=probs[2], tumour_patch_share=probs[3])
     transforms.set_random_state(seed=0)
     patches = transforms({"name": "box"})
     assert len(patches) == 3
@@ -82,3 +82,7 @@ def test_training_transforms_give_patches_of_the_network_size_and_keep_label_val
         # Nearest-neighbour label resampling: no interpolated values between 0 and UNSURE.
         assert set(torch.unique(patch["label"]).tolist()) <= {0, 1, 2, UNSURE}
     assert any((patch["label"] == UNSURE).any() for patch in patches)
+    if probs[3]:
+        transforms.set_random_state(seed=1)
+        centred = [transforms({"name": "box"}) for _ in range(6)]
+        assert sum((p["label"] == 2).any() for patches in centred for p in patches) >= 3, "tumour-centred patches"

@@ -96,6 +96,7 @@ ABLATION: Dict[str, Tuple[List[str], str]] = {
     "unet_100_epochs": (unet_options(100) + LEVERS + EMA + NO_TUMOURS, "all"),
     "unet_consensus_100_epochs": (unet_options(100) + LEVERS + EMA + NO_TUMOURS, "consensus"),
     "unet_synthetic_tumours": (UNET + LEVERS + EMA + TUMOURS, "all"),
+    "unet_tumour_patches": (unet_options(40) + LEVERS + EMA + TUMOURS + ["--tumour-patches", "0.33"], "all"),
 }
 SHIPPED_UNET = "unet_synthetic_tumours"
 """The ablation variant whose model ships (the best measured); its runs are those of ``make models``."""

@@ -27,6 +27,7 @@ from monai.transforms import (
     Compose,
     MapTransform,
     RandAffined,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     RandGaussianNoised,
     RandomizableTransform,
@@ -174,6 +175,7 @@ def training_transforms(
     partial_scan_prob: float = 0.0,
     label_intensity_prob: float = 0.0,
     synthetic_tumour_prob: float = 0.0,
+    tumour_patch_share: float = 0.0,
 ) -> Compose:
     """Read and preprocess as at inference (deterministic: CacheDataset keeps the result), then per-step
     random transforms.
@@ -188,6 +190,9 @@ def training_transforms(
             resize whole volumes need 0 (the slab would be cut after the resize).
         label_intensity_prob: probability of :class:`RandLabelIntensityd` (0 disables it).
         synthetic_tumour_prob: probability of :class:`RandSyntheticTumoursd` (0 disables it).
+        tumour_patch_share: share of the patches centred on tumour (with a third on background and the
+            rest on liver; MONAI's ``RandCropByLabelClassesd``); 0 keeps two of three patches on liver or
+            tumour alike (``RandCropByPosNegLabeld``), where the small tumour class is rarely seen.
     """
     prep = config.preprocessing
     keys = ("image", "label")
@@ -202,8 +207,12 @@ def training_transforms(
         # Volumes smaller than a patch are padded with 0 (below the HU window, like air).
         SpatialPadd(keys, spatial_size=prep.patch_size),
         # Two of three patches centred on liver or tumour: the liver fills a few percent of a scan.
-        RandCropByPosNegLabeld(keys, label_key="label", spatial_size=prep.patch_size, pos=2, neg=1,
-                               num_samples=samples, image_key="image", image_threshold=0.0),
+        (RandCropByLabelClassesd(keys, label_key="label", spatial_size=prep.patch_size, num_classes=3,
+                                 ratios=[1 / 3, 2 / 3 - tumour_patch_share, tumour_patch_share], num_samples=samples,
+                                 image_key="image", image_threshold=0.0, warn=False)
+         if tumour_patch_share > 0 else
+         RandCropByPosNegLabeld(keys, label_key="label", spatial_size=prep.patch_size, pos=2, neg=1,
+                                num_samples=samples, image_key="image", image_threshold=0.0)),
         *([RandLabelIntensityd("image", "label", prob=label_intensity_prob)] if label_intensity_prob > 0 else []),
         # Patients lie supine: small rotations (mostly about the S axis) and size changes, no flips
         # (the liver is on the right).

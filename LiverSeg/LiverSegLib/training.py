@@ -112,6 +112,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--synthetic-tumour-prob", type=float, default=SYNTHETIC_TUMOUR_PROB,
         help="probability of painting synthetic tumours into a training volume's liver (Hu et al. 2023; the real "
              "labels here have none; 0: off)")
+    add("--tumour-patches", type=float, default=0.0, metavar="SHARE",
+        help="share of the training patches centred on tumour (a third stays on background; 0: two of three "
+             "patches on liver or tumour alike)")
     add("--ema", type=float, default=0.0, metavar="DECAY",
         help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.99; 0: off)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
@@ -143,6 +146,7 @@ class TrainSettings:
     label_intensity_prob: float = 0.0
     ema_decay: float = 0.0
     synthetic_tumour_prob: float = 0.0
+    tumour_patch_share: float = 0.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -170,6 +174,7 @@ class TrainSettings:
             label_intensity_prob=args.label_intensity_prob,
             ema_decay=args.ema,
             synthetic_tumour_prob=args.synthetic_tumour_prob,
+            tumour_patch_share=args.tumour_patches,
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
@@ -180,6 +185,9 @@ class TrainSettings:
                               ("--synthetic-tumour-prob", settings.synthetic_tumour_prob)):
             if not 0.0 <= value <= 1.0:
                 raise LiverSegError(f"{option} {value}: a probability lies between 0 and 1 (e.g. 0.3)")
+        if not 0.0 <= settings.tumour_patch_share <= 2.0 / 3.0:
+            raise LiverSegError(f"--tumour-patches {settings.tumour_patch_share}: a share between 0 and 2/3 (a third of "
+                                "the patches stays on background; e.g. 0.33)")
         if not 0.0 <= settings.ema_decay < 1.0:
             raise LiverSegError(f"--ema {settings.ema_decay}: the decay lies in [0, 1) (e.g. 0.99; 0: off)")
         if settings.workers < 0:
@@ -385,7 +393,7 @@ class Trainer:
 
         self.transform = training_transforms(
             _read_training_case, config, settings.samples_per_volume, settings.partial_scan_prob,
-            settings.label_intensity_prob, settings.synthetic_tumour_prob,
+            settings.label_intensity_prob, settings.synthetic_tumour_prob, settings.tumour_patch_share,
         )
         items = [{"name": c.name, "image": str(c.image_path), "label": str(c.label_path)} for c in self.train_cases]
         cached = CacheDataset(
