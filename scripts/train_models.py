@@ -280,7 +280,9 @@ def main() -> int:
                 done.result()
 
     if args.ablation is not None:
-        summary = {}
+        # Variants whose runs are not in this work folder keep the figures recorded when they were trained.
+        path = MODELS / "ablation.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
         for variant, (options, data) in ABLATION.items():
             if variant in (args.ablation or ABLATION):
                 train_folds("unet", variant)
