@@ -7,6 +7,8 @@ affine: an LPS-flipped or oblique grid shows the same organs at the same RAS pos
 
 Organ sizes and positions are fractions of the half field of view along R, A and S (they scale with
 ``shape * spacing``), so small test grids still hold every organ; the seed moves and resizes them a little.
+Liver tumours are painted into the rendered CT by the project's one tumour generator,
+:mod:`LiverSegLib.synthetic_tumours`, restricted to hypodense lesions of the phantom's contrast.
 :func:`write_phantom_dataset` writes such phantoms as a Medical Segmentation Decathlon Task03 dataset.
 """
 
@@ -19,10 +21,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+from nibabel import orientations
 from scipy import ndimage
 
+from .synthetic_tumours import MAX_LIVER_SHARE, draw_lesions, paint_lesions
 from .volume import Volume, save_volume
 
 
@@ -40,19 +43,18 @@ class _T(IntEnum):
     CSF = 8
     LIVER = 9
     VESSEL = 10
-    TUMOUR = 11
-    SPLEEN = 12
-    KIDNEY_CORTEX = 13
-    KIDNEY_MEDULLA = 14
-    STOMACH_WALL = 15
-    GASTRIC_FLUID = 16
-    GAS = 17
-    BOWEL_WALL = 18
-    BOWEL_FLUID = 19
-    BILE = 20
-    HEART = 21
-    AORTA = 22
-    IVC = 23
+    SPLEEN = 11
+    KIDNEY_CORTEX = 12
+    KIDNEY_MEDULLA = 13
+    STOMACH_WALL = 14
+    GASTRIC_FLUID = 15
+    GAS = 16
+    BOWEL_WALL = 17
+    BOWEL_FLUID = 18
+    BILE = 19
+    HEART = 20
+    AORTA = 21
+    IVC = 22
 
 
 # HU as (portal-venous phase, non-contrast). Blood is ~40 HU unenhanced, so vessels and the heart are
@@ -69,7 +71,6 @@ _HU = {
     _T.CSF: (15, 15),
     _T.LIVER: (100, 55),
     _T.VESSEL: (170, 40),
-    _T.TUMOUR: (40, 30),
     _T.SPLEEN: (110, 50),
     _T.KIDNEY_CORTEX: (150, 35),
     _T.KIDNEY_MEDULLA: (95, 30),
@@ -85,10 +86,15 @@ _HU = {
 }
 
 # Organs whose parenchyma gets a smooth texture; fat, air, fluid and bone stay flat.
-_TEXTURED = (_T.MUSCLE, _T.LIVER, _T.TUMOUR, _T.SPLEEN, _T.KIDNEY_CORTEX, _T.KIDNEY_MEDULLA, _T.HEART)
+_TEXTURED = (_T.MUSCLE, _T.LIVER, _T.SPLEEN, _T.KIDNEY_CORTEX, _T.KIDNEY_MEDULLA, _T.HEART)
 
-_TUMOUR_RADIUS_MM = (6.0, 20.0)
-_MIN_TUMOUR_RADIUS_MM = 3.0
+# Tumours: hypodense metastases that the project's synthetic-tumour generator paints into the rendered
+# liver. HU as (portal-venous, non-contrast), like the tissues above. The generator draws diameters
+# log-uniformly, which favours the small end, and the tests expect EM to find the tumours of a default
+# phantom, which it does once they are a noticeable share of the liver: hence no diameter under 20 mm
+# (before the generator shrinks lesions to fit a small liver).
+_TUMOUR_HU = (40.0, 30.0)
+_TUMOUR_DIAMETER_MM = (20.0, 40.0)
 _N_BOWEL_LOOPS = 10
 
 LABEL_LIVER = 1
@@ -183,11 +189,11 @@ def _scale(rng: np.random.Generator, values, spread: float) -> np.ndarray:
     return values * rng.uniform(1.0 - spread, 1.0 + spread, values.shape)
 
 
-def _draw_anatomy(rng: np.random.Generator, n_tumours: int) -> dict:
+def _draw_anatomy(rng: np.random.Generator) -> dict:
     """All random choices of one phantom, drawn in a fixed order so a seed always gives the same patient.
 
     Positions and radii are in half-field-of-view units (u toward R, v toward A, w toward S), except
-    thicknesses and vessel radii (fractions of the mean in-plane half field of view) and tumour draws.
+    thicknesses and vessel radii (fractions of the mean in-plane half field of view) and the seeds.
     """
     inf = np.inf
     return {
@@ -219,12 +225,10 @@ def _draw_anatomy(rng: np.random.Generator, n_tumours: int) -> dict:
              rng.random() < 0.3)
             for _ in range(_N_BOWEL_LOOPS)
         ],
-        # Per tumour: radius (mm), two axis ratios, and a target point (fractions of the candidate box).
-        "tumours": [
-            (rng.uniform(*_TUMOUR_RADIUS_MM), rng.uniform(0.75, 1.0, 2), rng.random(3)) for _ in range(n_tumours)
-        ],
         "texture": rng.integers(2**32),
         "noise": rng.integers(2**32),
+        # Last, and drawn whatever n_tumours is: a seed's tumour-free CT is the same with or without tumours.
+        "tumours": rng.integers(2**32),
     }
 
 
@@ -316,68 +320,47 @@ def _paint_spine(tissue: np.ndarray, f: _Frame, a: dict) -> None:
     _paint(tissue, _ellipsoid(f, [cu, cv - 0.17, 0.0], [0.05, 0.05, np.inf]), _T.CSF)
 
 
-def _place_tumours(tissue: np.ndarray, affine: np.ndarray, draws: list) -> None:
-    """Paint hypodense ellipsoids wholly inside the liver.
+def _paint_tumours(
+    hu: np.ndarray, liver: np.ndarray, affine: np.ndarray, n_tumours: int, contrast: bool, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint ``n_tumours`` hypodense lesions into the rendered ``hu`` within ``liver`` with the project's
+    synthetic-tumour generator; returns the new HU and the bool tumour mask.
 
-    A centre is kept only where the distance to the nearest non-liver voxel exceeds the tumour's largest
-    semi-axis plus one voxel diagonal, so even a one-voxel dilation of the tumour stays within the liver.
-    Centres are chosen as the candidate nearest a random RAS point, which does not depend on the voxel
-    order: flipped or oblique grids get the tumours in the same places.
+    The generator draws its rotations and noise fields in voxel order, so it works on the grid turned to
+    the closest RAS orientation (a transpose and flips, no resampling), and draws its centres as RAS
+    points: a flipped or permuted grid gets the very same lesions, an oblique one the same places, except
+    for a lesion whose random point falls just at the edge of where it may go, which the two grids' voxels
+    then put on different sides.
     """
-    if not draws:
-        return
-    liver = np.isin(tissue, (_T.LIVER, _T.VESSEL))
-    if not liver.any():
-        raise ValueError("the phantom has no liver: the field of view is too small or misses the upper abdomen")
-    nonzero = np.nonzero(liver)
-    lo = np.array([n.min() for n in nonzero]) - 1
-    hi = np.array([n.max() for n in nonzero]) + 2
-    box = tuple(slice(max(l, 0), h) for l, h in zip(lo, hi))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    # Pad with non-liver so the field-of-view edge counts as outside the liver.
-    inside = np.pad(liver[box], 1)
-    depth = ndimage.distance_transform_edt(inside, sampling=spacing)[1:-1, 1:-1, 1:-1]
-    offset = np.array([s.start for s in box])
-    ijk = np.indices(depth.shape).reshape(3, -1).T + offset
-    ras = (ijk @ affine[:3, :3].T + affine[:3, 3]).reshape(*depth.shape, 3)
-    margin = float(np.linalg.norm(spacing))
-    crop = tissue[box]
-    placed: list[tuple[np.ndarray, float]] = []
-    for radius, ratios, target in draws:
-        radius, points = _room_for_tumour(ras, depth, placed, radius, margin)
-        lo_mm, hi_mm = points.min(axis=0), points.max(axis=0)
-        centre = points[np.argmin(np.linalg.norm(points - (lo_mm + target * (hi_mm - lo_mm)), axis=1))]
-        semi = radius * np.array([1.0, *ratios])
-        _paint(crop, (((ras - centre) / semi) ** 2).sum(axis=-1) <= 1.0, _T.TUMOUR)
-        placed.append((centre, radius))
-
-
-def _room_for_tumour(
-    ras: np.ndarray, depth: np.ndarray, placed: list[tuple[np.ndarray, float]], radius: float, margin: float
-) -> tuple[float, np.ndarray]:
-    """The radius (mm) to give the next tumour and the RAS points (N, 3) where its centre may go.
-
-    Tries the drawn radius, then smaller ones down to 6 mm, for a centre ``radius + margin`` deep in the
-    liver and ``margin`` clear of the tumours already placed, so each tumour is a separate lesion; when the
-    liver has no room for that, the drawn radius is kept and tumours may overlap.
-    """
-    deepest = float(depth.max())
-    radius = min(radius, deepest - margin)
-    if radius < _MIN_TUMOUR_RADIUS_MM:
-        raise ValueError("the liver is too small for a tumour: enlarge the field of view or use n_tumours=0")
-    smallest = min(radius, _TUMOUR_RADIUS_MM[0])
-    for trial in (r for r in radius * 0.85 ** np.arange(8) if r >= smallest):
-        points = ras[depth >= min(trial + margin, deepest)]
-        apart = np.ones(len(points), bool)
-        for other_centre, other_radius in placed:
-            apart &= np.linalg.norm(points - other_centre, axis=1) > trial + other_radius + margin
-        if apart.any():
-            return float(trial), points[apart]
-    return radius, ras[depth >= min(radius + margin, deepest)]
+    ornt = orientations.io_orientation(affine)
+    back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), ornt)
+    canonical_affine = affine @ orientations.inv_ornt_aff(ornt, hu.shape)
+    canonical_liver = orientations.apply_orientation(liver, ornt)
+    rng = np.random.default_rng(seed)
+    phase = 0 if contrast else 1
+    # The generator shrinks lesions to a share of the liver; below this even the smallest would not fit.
+    smallest_ml = np.pi / 6.0 * _TUMOUR_DIAMETER_MM[0] ** 3 / 1000.0
+    lesions = draw_lesions(
+        rng, canonical_liver, canonical_affine, n_tumours, diameter_mm=_TUMOUR_DIAMETER_MM,
+        placements={"anywhere": 1.0}, inside=True, kinds={"hypodense": 1.0},
+        contrast_hu=_HU[_T.LIVER][phase] - _TUMOUR_HU[phase],
+        min_liver_ml=n_tumours * smallest_ml / MAX_LIVER_SHARE, ras_centres=True, apart=True,
+    )
+    if not lesions:
+        raise ValueError("the liver is too small for the tumours: enlarge the field of view or use n_tumours=0")
+    # The generator keeps the image's fine detail on a lesion as the scan's noise. Around the liver that
+    # detail is the organ's edge against fat, which on a coarse grid would leave a bright rim on a lesion
+    # reaching the surface; so it sees parenchyma there, and the surroundings are put back afterwards.
+    liver_only = np.where(liver, hu, np.float32(np.median(hu[liver])))
+    painted, tumour = paint_lesions(
+        orientations.apply_orientation(liver_only, ornt), canonical_liver, canonical_affine, lesions, rng
+    )
+    painted = np.where(liver, orientations.apply_orientation(painted, back), hu)
+    return painted, np.ascontiguousarray(orientations.apply_orientation(tumour, back))
 
 
 def _render(tissue: np.ndarray, spacing: np.ndarray, contrast: bool, noise_hu: float, a: dict) -> np.ndarray:
-    """HU image from the tissue map: per-tissue HU, organ texture, partial-volume blur, scanner noise."""
+    """Float32 HU image from the tissue map: per-tissue HU, organ texture, partial-volume blur, scanner noise."""
     phase = 0 if contrast else 1
     table = np.zeros(len(_T), np.float32)
     for t, values in _HU.items():
@@ -391,7 +374,7 @@ def _render(tissue: np.ndarray, spacing: np.ndarray, contrast: bool, noise_hu: f
     hu = ndimage.gaussian_filter(hu, 0.5)  # partial volume at organ edges
     if noise_hu > 0:
         hu += np.random.default_rng(a["noise"]).standard_normal(tissue.shape, np.float32) * np.float32(noise_hu)
-    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    return hu
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -412,7 +395,10 @@ def make_phantom(
         shape: grid size (I, J, K) in voxels.
         spacing: voxel size along i, j, k in mm; ignored when ``affine`` is given.
         seed: the same seed gives the same arrays; organ sizes and positions vary a little with it.
-        n_tumours: number of hypodense liver tumours (semi-axes 6-20 mm, smaller if the liver is small).
+        n_tumours: number of hypodense liver tumours, painted by :mod:`LiverSegLib.synthetic_tumours`:
+            20-40 mm across (smaller if the liver is small), deformed, with blurred edges, centred deep
+            enough to lie about wholly inside the liver (what pokes out is clipped), and kept apart
+            where the liver has room.
         contrast: portal-venous phase (liver ~100 HU, tumour ~40) if true, else non-contrast (~55 / ~30).
         noise_hu: standard deviation of the Gaussian scanner noise in HU.
         affine: optional 4x4 voxel-to-RAS-mm matrix (e.g. LPS-flipped or oblique); by default a diagonal
@@ -429,18 +415,21 @@ def make_phantom(
     shape = tuple(int(n) for n in shape)
     affine = default_affine(shape, spacing) if affine is None else np.asarray(affine, dtype=np.float64)
     f = _frame(shape, affine)
-    a = _draw_anatomy(np.random.default_rng(seed), n_tumours)
+    a = _draw_anatomy(np.random.default_rng(seed))
     tissue = np.zeros(shape, np.uint8)
     cavity = _paint_body(tissue, f, a)
     _paint_bowel(tissue, f, a, cavity)
     _paint_liver(tissue, f, a, cavity)
     _paint_organs(tissue, f, a, cavity)
     _paint_spine(tissue, f, a)
-    _place_tumours(tissue, affine, a["tumours"])
     labels = np.zeros(shape, np.uint8)
     labels[np.isin(tissue, (_T.LIVER, _T.VESSEL))] = LABEL_LIVER
-    labels[tissue == _T.TUMOUR] = LABEL_TUMOUR
-    ct = _render(tissue, np.linalg.norm(affine[:3, :3], axis=0), contrast, noise_hu, a)
+    hu = _render(tissue, np.linalg.norm(affine[:3, :3], axis=0), contrast, noise_hu, a)
+    if n_tumours > 0:
+        # Into the rendered CT, so the lesions carry the scan's noise and the generator's blurred edges.
+        hu, tumour = _paint_tumours(hu, labels == LABEL_LIVER, affine, n_tumours, contrast, a["tumours"])
+        labels[tumour] = LABEL_TUMOUR
+    ct = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     return Volume(ct, affine.copy()), Volume(labels, affine.copy())
 
 

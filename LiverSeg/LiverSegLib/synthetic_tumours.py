@@ -17,13 +17,19 @@ painted (:func:`paint_lesions`):
 Everything is in millimetres and Hounsfield units, on any voxel grid (the affine gives spacing and the
 superior direction), so the same generator serves the training pipeline (windowed images, via
 ``units_per_hu``), the phantoms and the synthetic-tumour evaluation on held-out real CT.
+
+These are the defaults. Keyword options of :func:`draw_lesions` narrow them for the phantoms
+(:mod:`.phantom`): the diameter range, placements and kinds, one fixed contrast, a smaller liver that
+still takes lesions, centres at least a lesion's radius deep (``inside``), drawn as points in RAS so a
+flipped or oblique grid of the same anatomy gets the same lesions (``ras_centres``), and kept apart
+(``apart``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 import zlib
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -79,7 +85,19 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
 
 
 def draw_lesions(
-    rng: np.random.Generator, liver: np.ndarray, affine: np.ndarray, count: Optional[int] = None
+    rng: np.random.Generator,
+    liver: np.ndarray,
+    affine: np.ndarray,
+    count: Optional[int] = None,
+    *,
+    diameter_mm: Tuple[float, float] = DIAMETER_MM,
+    placements: Optional[Dict[str, float]] = None,
+    kinds: Optional[Dict[str, float]] = None,
+    contrast_hu: Optional[float] = None,
+    min_liver_ml: float = MIN_LIVER_ML,
+    inside: bool = False,
+    ras_centres: bool = False,
+    apart: bool = False,
 ) -> List[Lesion]:
     """Draw the lesions of one liver (nothing is painted yet).
 
@@ -88,30 +106,60 @@ def draw_lesions(
         liver: bool (I, J, K) liver mask.
         affine: 4x4 voxel-to-RAS matrix of the grid.
         count: number of lesions (default: drawn from ``COUNT``).
+        diameter_mm: range the diameters are drawn from (log-uniform) before the liver-share shrink.
+        placements: placement -> probability (default ``PLACEMENTS``), e.g. ``{"anywhere": 1.0}``.
+        kinds: kind -> probability (default ``KINDS``), e.g. ``{"hypodense": 1.0}``.
+        contrast_hu: the same contrast to the parenchyma for every lesion (default: drawn per lesion
+            from ``HYPODENSE_HU`` or ``HYPERDENSE_HU``).
+        min_liver_ml: a smaller liver gets no lesions.
+        inside: centre each lesion at least its radius (half its diameter) deep in the liver, so that it
+            lies about wholly inside rather than clipped by the liver's surface; where the liver is too
+            thin for that, at the deepest candidates.
+        ras_centres: draw each centre as a random point in RAS millimetres that falls in a candidate
+            voxel (:func:`_ras_centre`) instead of as a random entry of the candidate list. The list's order
+            depends on the grid, so with the same ``rng`` a flipped or oblique grid of the same anatomy
+            would get its lesions elsewhere in the patient; a point in RAS stays where it is.
+        apart: with ``ras_centres``, keep each lesion's centre ``APART`` times the sum of the two radii
+            away from every lesion drawn before it, so that they stay separate lesions; where the liver
+            has no room for that, they may overlap.
 
     Returns:
-        The lesions; empty when the liver is smaller than ``MIN_LIVER_ML``.
+        The lesions; empty when the liver is smaller than ``min_liver_ml``.
     """
+    if apart and not ras_centres:
+        raise ValueError("apart needs ras_centres: a random entry of the candidate list is never redrawn")
+    placements = PLACEMENTS if placements is None else placements
+    kinds = KINDS if kinds is None else kinds
     spacing = spacing_of(affine)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     liver_ml = float(liver.sum()) * voxel_ml
-    if liver_ml < MIN_LIVER_ML:
+    if liver_ml < min_liver_ml or not liver.any():
         return []
     count = int(rng.integers(COUNT[0], COUNT[1] + 1)) if count is None else count
-    diameters = np.exp(rng.uniform(np.log(DIAMETER_MM[0]), np.log(DIAMETER_MM[1]), size=count))
+    diameters = np.exp(rng.uniform(np.log(diameter_mm[0]), np.log(diameter_mm[1]), size=count))
     # Volumes scale with the cube: shrink every lesion alike when they would fill too much of the liver.
     total_ml = float((np.pi / 6.0 * diameters**3).sum()) / 1000.0
     diameters *= min(1.0, (MAX_LIVER_SHARE * liver_ml / max(total_ml, 1e-9)) ** (1.0 / 3.0))
-    candidates = _candidates(liver, affine, spacing)
+    voxels, depth, pools = _candidates(liver, affine, spacing)
     lesions = []
     for diameter in diameters:
-        placement = str(rng.choice(list(PLACEMENTS), p=list(PLACEMENTS.values())))
-        pool = candidates[placement] if candidates[placement].size else candidates["anywhere"]
-        centre = pool[int(rng.integers(len(pool)))]
+        placement = str(rng.choice(list(placements), p=list(placements.values())))
+        chosen = pools[placement] if pools[placement].any() else pools["anywhere"]
+        if inside:
+            chosen = chosen & (depth >= min(diameter / 2.0, float(depth[chosen].max())))
+        pool = voxels[chosen]
+        if ras_centres:
+            clear_of = [(np.asarray(l.centre), APART * (l.diameter_mm + diameter) / 2.0) for l in lesions if apart]
+            centre = _ras_centre(rng, voxels, pool, affine, liver.shape, clear_of)
+        else:
+            centre = pool[int(rng.integers(len(pool)))]
         ratios = rng.uniform(0.7, 1.3, size=3)
         semi = diameter / 2.0 * ratios / np.prod(ratios) ** (1.0 / 3.0)
-        kind = str(rng.choice(list(KINDS), p=list(KINDS.values())))
-        contrast = rng.uniform(*(HYPERDENSE_HU if kind == "hyperdense" else HYPODENSE_HU))
+        kind = str(rng.choice(list(kinds), p=list(kinds.values())))
+        if contrast_hu is None:
+            contrast = rng.uniform(*(HYPERDENSE_HU if kind == "hyperdense" else HYPODENSE_HU))
+        else:
+            contrast = contrast_hu
         lesions.append(Lesion(
             centre=tuple(float(c) for c in centre),
             semi_axes_mm=tuple(float(s) for s in semi),
@@ -125,17 +173,68 @@ def draw_lesions(
     return lesions
 
 
-def _candidates(liver: np.ndarray, affine: np.ndarray, spacing: np.ndarray) -> dict:
-    """Placement -> (N, 3) voxel indices where a lesion centre may go."""
+RAS_CENTRE_TRIES = 256
+"""Random points :func:`_ras_centre` tries per lesion; a fixed number, so the draws after it do not
+depend on how many missed."""
+APART = 1.25
+"""Centre distance of lesions kept apart, in sums of their radii: more than touching spheres, as lesions
+are elongated and deformed."""
+RAS_CENTRE_SPREAD = 3.0
+"""Half-width of the box :func:`_ras_centre` draws in, in standard deviations of the liver's RAS
+coordinates."""
+
+
+def _ras_centre(
+    rng: np.random.Generator, voxels: np.ndarray, pool: np.ndarray, affine: np.ndarray, shape: Tuple[int, ...],
+    clear_of: List[Tuple[np.ndarray, float]],
+) -> np.ndarray:
+    """A lesion centre (fractional voxel indices) uniform over the candidate voxels ``pool`` (M, 3), drawn in RAS.
+
+    Points uniform in a box around the liver (its voxels ``voxels``, (N, 3)); the first that lies in a
+    candidate voxel and at least the given distance (mm) from each centre (voxel indices) of
+    ``clear_of`` is the centre; failing that, the first in a candidate voxel; failing that, the candidate
+    nearest the first point. The box is the liver's mean plus or minus ``RAS_CENTRE_SPREAD`` standard
+    deviations: a bounding box moves by up to a voxel with the grid, and so would every point, while the
+    liver's mean and spread hardly move (the candidates' own would more: they may be a thin layer).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    matrix, offset = affine[:3, :3], affine[:3, 3]
+    liver_ras = voxels @ matrix.T + offset
+    half_width = RAS_CENTRE_SPREAD * liver_ras.std(axis=0) + 0.5 * np.abs(matrix).sum(axis=1)
+    points = liver_ras.mean(axis=0) + (2.0 * rng.random((RAS_CENTRE_TRIES, 3)) - 1.0) * half_width
+    index = (points - offset) @ np.linalg.inv(matrix).T
+    voxel = np.rint(index).astype(int)
+    in_grid = np.all((voxel >= 0) & (voxel < np.asarray(shape)), axis=1)
+    member = np.zeros(shape, dtype=bool)
+    member[tuple(pool.T)] = True
+    hit = np.zeros(len(points), dtype=bool)
+    hit[np.flatnonzero(in_grid)[member[tuple(voxel[in_grid].T)]]] = True
+    clear = hit.copy()
+    for centre, distance in clear_of:
+        clear &= np.linalg.norm(points - (matrix @ centre + offset), axis=1) >= distance
+    for accepted in (clear, hit):
+        if accepted.any():
+            return index[int(np.argmax(accepted))]
+    nearest = np.argmin((((pool @ matrix.T + offset) - points[0]) ** 2).sum(axis=1))
+    return pool[int(nearest)].astype(np.float64)
+
+
+def _candidates(liver: np.ndarray, affine: np.ndarray, spacing: np.ndarray) -> Tuple[np.ndarray, np.ndarray, dict]:
+    """The liver's voxels (N, 3), their depth below its surface (mm, (N,)), and placement -> bool (N,)
+    selecting the voxels where a lesion centre may go."""
     voxels = np.argwhere(liver)
     superior = voxels @ np.asarray(affine)[2, :3]  # RAS S coordinate up to a constant
-    dome = voxels[superior >= np.quantile(superior, 1.0 - DOME_SHARE)]
     low, high = voxels.min(axis=0), voxels.max(axis=0) + 1
     box = tuple(slice(a, b) for a, b in zip(low, high))
     # Padding makes the field-of-view edge no surface: a liver cut by the scan goes on beyond it.
     depth = ndimage.distance_transform_edt(np.pad(liver[box], 1, mode="edge"), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    near_surface = voxels[depth[tuple((voxels - low).T)] <= SUBCAPSULAR_MM]
-    return {"anywhere": voxels, "dome": dome, "subcapsular": near_surface}
+    depth = depth[tuple((voxels - low).T)]
+    pools = {
+        "anywhere": np.ones(len(voxels), dtype=bool),
+        "dome": superior >= np.quantile(superior, 1.0 - DOME_SHARE),
+        "subcapsular": depth <= SUBCAPSULAR_MM,
+    }
+    return voxels, depth, pools
 
 
 def paint_lesions(
