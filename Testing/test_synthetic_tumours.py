@@ -24,8 +24,7 @@ def phantom():
 def test_lesions_stay_inside_the_liver_and_are_darker_than_it(phantom) -> None:
     ct, liver = phantom
     rng = np.random.default_rng(0)
-    lesions = [l for l in draw_lesions(rng, liver, ct.affine, count=4)]
-    lesions = [l.__class__(**{**l.__dict__, "kind": "hypodense", "contrast_hu": 60.0}) for l in lesions]
+    lesions = draw_lesions(rng, liver, ct.affine, count=4, kinds={"hypodense": 1.0}, contrast_hu=60.0)
     image, tumour = paint_lesions(ct.array, liver, ct.affine, lesions, rng)
     assert tumour.any()
     assert not (tumour & ~liver).any(), "a lesion never leaves the liver mask"

@@ -39,7 +39,8 @@ from scipy.ndimage import gaussian_filter
 
 from .checkpoint import ModelConfig
 from .preprocessing import LIVER, TUMOUR
-from .synthetic_tumours import MIN_LIVER_ML, insert_tumours, spacing_of
+from .synthetic_tumours import MIN_LIVER_ML, insert_tumours
+from .volume import spacing_of
 from .segmenters.deep import preprocessing_transforms
 
 

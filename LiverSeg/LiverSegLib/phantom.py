@@ -26,7 +26,7 @@ from nibabel import orientations
 from scipy import ndimage
 
 from .synthetic_tumours import MAX_LIVER_SHARE, draw_lesions, paint_lesions
-from .volume import Volume, save_volume
+from .volume import Volume, save_volume, spacing_of
 
 
 class _T(IntEnum):
@@ -424,7 +424,7 @@ def make_phantom(
     _paint_spine(tissue, f, a)
     labels = np.zeros(shape, np.uint8)
     labels[np.isin(tissue, (_T.LIVER, _T.VESSEL))] = LABEL_LIVER
-    hu = _render(tissue, np.linalg.norm(affine[:3, :3], axis=0), contrast, noise_hu, a)
+    hu = _render(tissue, spacing_of(affine), contrast, noise_hu, a)
     if n_tumours > 0:
         # Into the rendered CT, so the lesions carry the scan's noise and the generator's blurred edges.
         hu, tumour = _paint_tumours(hu, labels == LABEL_LIVER, affine, n_tumours, contrast, a["tumours"])

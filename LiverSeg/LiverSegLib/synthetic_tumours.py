@@ -29,14 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import zlib
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-if TYPE_CHECKING:
-    from .volume import Volume
+from .volume import Volume, spacing_of
 
 DIAMETER_MM = (5.0, 80.0)
 COUNT = (1, 6)
@@ -77,11 +76,6 @@ class Lesion:
     def diameter_mm(self) -> float:
         """Equivalent-sphere diameter."""
         return 2.0 * float(np.prod(self.semi_axes_mm)) ** (1.0 / 3.0)
-
-
-def spacing_of(affine: np.ndarray) -> np.ndarray:
-    """Voxel size (mm) along each array axis."""
-    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
 def draw_lesions(
@@ -328,7 +322,7 @@ def case_rng(seed: int, case: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(case.encode())])
 
 
-def with_synthetic_tumours(ct: "Volume", labels: "Volume", rng: np.random.Generator) -> Tuple["Volume", "Volume"]:
+def with_synthetic_tumours(ct: Volume, labels: Volume, rng: np.random.Generator) -> Tuple[Volume, Volume]:
     """A labelled CT with lesions painted into its liver (label 1) and labelled tumour (2).
 
     For evaluation on real CT whose labels hold no tumour: only in memory, nothing is written to disk.

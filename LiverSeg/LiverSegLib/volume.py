@@ -26,6 +26,11 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 
 
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis of a 4x4 voxel-to-RAS matrix."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
 @dataclass
 class Volume:
     """A 3D image on a voxel grid.
@@ -41,7 +46,7 @@ class Volume:
     @property
     def spacing(self) -> np.ndarray:
         """Voxel size in mm along i, j, k."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return spacing_of(self.affine)
 
     @property
     def voxel_ml(self) -> float:

@@ -42,7 +42,7 @@ from ..anatomy import body_mask, liver_region
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
 from ..errors import LiverSegError
 from ..preprocessing import BODY_HU, UNSURE, clean_labels, to_input_grid
-from ..volume import Volume
+from ..volume import Volume, spacing_of
 from .base import Segmenter
 
 NUM_CLASSES = 3
@@ -300,7 +300,7 @@ class DeepModel:
         air_hu = max(BODY_HU, low)  # the window cannot tell lung from air below its floor
         body = body_mask(hu, air_hu)
         affine = image.affine.numpy()
-        region = liver_region(hu, body, np.linalg.norm(affine[:3, :3], axis=0), air_hu)
+        region = liver_region(hu, body, spacing_of(affine), air_hu)
         return to_input_grid(clean_labels(labels, region), affine, grid)
 
 
