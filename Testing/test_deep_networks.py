@@ -142,3 +142,24 @@ def test_vae_segments_deterministically_from_the_posterior_mean() -> None:
     ct, _ = make_phantom(shape=(48, 48, 24), spacing=(8.0, 8.0, 12.0), seed=1, n_tumours=0)
     image = model.preprocess(ct)
     assert (model.predict(image) == model.predict(image)).all()
+
+
+def test_batch_dice_does_not_punish_tumour_in_a_patch_without_tumour() -> None:
+    # Two patches: one has tumour, the other none. The network predicts tumour a little everywhere.
+    targets = torch.zeros((2, 1, *SMALL_PATCH))
+    targets[0, :, :4, :4, :4] = 2
+    logits = torch.zeros(2, 3, *SMALL_PATCH)
+    logits[:, 2] = 0.5
+    per_patch = dice_ce_loss(logits, targets)
+    pooled = dice_ce_loss(logits, targets, batch_dice=True)
+    # Per patch, the empty patch's tumour Dice is 0 whatever the network does; pooled, it is not a total loss.
+    assert pooled < per_patch
+
+
+def test_tumour_weight_raises_the_cost_of_missed_tumour() -> None:
+    targets = torch.zeros((1, 1, *SMALL_PATCH))
+    targets[..., :4, :4, :4] = 2
+    logits = torch.zeros(1, 3, *SMALL_PATCH)
+    logits[:, 0] = 2.0  # background everywhere: right but for the missed tumour
+    assert dice_ce_loss(logits, targets, tumour_weight=3.0) > dice_ce_loss(logits, targets)
+    assert torch.isclose(dice_ce_loss(logits, targets, tumour_weight=1.0), dice_ce_loss(logits, targets))

@@ -225,7 +225,7 @@ def test_partial_scans_default_on_only_for_presets_that_resample(preset: str, ex
 def test_out_of_memory_while_training_says_what_to_lower(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def out_of_memory(cls, output, target):
+    def out_of_memory(cls, output, target, **options):
         raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
 
     monkeypatch.setattr(UNetSegmenter, "loss", classmethod(out_of_memory))

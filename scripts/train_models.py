@@ -97,6 +97,7 @@ ABLATION: Dict[str, Tuple[List[str], str]] = {
     "unet_consensus_100_epochs": (unet_options(100) + LEVERS + EMA + NO_TUMOURS, "consensus"),
     "unet_synthetic_tumours": (UNET + LEVERS + EMA + TUMOURS, "all"),
     "unet_tumour_patches": (unet_options(40) + LEVERS + EMA + TUMOURS + ["--tumour-patches", "0.33"], "all"),
+    "unet_tumour_loss": (UNET + LEVERS + EMA + TUMOURS + ["--tumour-patches", "0.33", "--batch-dice", "--tumour-weight", "3"], "all"),
 }
 SHIPPED_UNET = "unet_synthetic_tumours"
 """The ablation variant whose model ships (the best measured); its runs are those of ``make models``."""

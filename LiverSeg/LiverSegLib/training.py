@@ -115,6 +115,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--tumour-patches", type=float, default=0.0, metavar="SHARE",
         help="share of the training patches centred on tumour (a third stays on background; 0: two of three "
              "patches on liver or tumour alike)")
+    add("--batch-dice", action="store_true",
+        help="pool the loss's Dice over the batch (nnU-Net's batch Dice) instead of per patch, so patches without "
+             "tumour do not teach the tumour class silence")
+    add("--tumour-weight", type=float, default=1.0, metavar="W",
+        help="weight of tumour voxels in the cross-entropy (1: unweighted)")
     add("--ema", type=float, default=0.0, metavar="DECAY",
         help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.99; 0: off)")
     add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
@@ -147,6 +152,8 @@ class TrainSettings:
     ema_decay: float = 0.0
     synthetic_tumour_prob: float = 0.0
     tumour_patch_share: float = 0.0
+    batch_dice: bool = False
+    tumour_weight: float = 1.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -175,6 +182,8 @@ class TrainSettings:
             ema_decay=args.ema,
             synthetic_tumour_prob=args.synthetic_tumour_prob,
             tumour_patch_share=args.tumour_patches,
+            batch_dice=args.batch_dice,
+            tumour_weight=args.tumour_weight,
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
@@ -188,6 +197,8 @@ class TrainSettings:
         if not 0.0 <= settings.tumour_patch_share <= 2.0 / 3.0:
             raise LiverSegError(f"--tumour-patches {settings.tumour_patch_share}: a share between 0 and 2/3 (a third of "
                                 "the patches stays on background; e.g. 0.33)")
+        if not settings.tumour_weight > 0.0:
+            raise LiverSegError(f"--tumour-weight {settings.tumour_weight}: must be positive (e.g. 3; 1: unweighted)")
         if not 0.0 <= settings.ema_decay < 1.0:
             raise LiverSegError(f"--ema {settings.ema_decay}: the decay lies in [0, 1) (e.g. 0.99; 0: off)")
         if settings.workers < 0:
@@ -490,7 +501,8 @@ class Trainer:
             try:
                 self.optimizer.zero_grad(set_to_none=True)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-                    loss = self.segmenter.loss(self.training_network(images), labels)
+                    loss = self.segmenter.loss(self.training_network(images), labels, batch_dice=self.settings.batch_dice,
+                                               tumour_weight=self.settings.tumour_weight)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()

@@ -37,6 +37,7 @@ from monai.transforms import (
     Spacingd,
 )
 from torch import nn
+from torch.nn import functional as F
 
 from ..anatomy import body_mask, liver_region
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
@@ -317,18 +318,27 @@ def _tile_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int
 # --------------------------------------------------------------------------------------------- segmenters
 
 
-_DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=UNSURE)
-_CROSS_ENTROPY = nn.CrossEntropyLoss(ignore_index=UNSURE)
+_SAMPLE_DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=UNSURE)
+_BATCH_DICE = DiceLoss(to_onehot_y=True, softmax=True, ignore_index=UNSURE, batch=True)
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, batch_dice: bool = False,
+                 tumour_weight: float = 1.0) -> torch.Tensor:
     """Dice (robust to the tiny tumour class) plus cross-entropy (stable gradients early on), equally weighted.
 
     MONAI's ``DiceCELoss`` with voxels labelled ``UNSURE`` left out of both terms (it has no
     ``ignore_index``; its ``DiceLoss`` and torch's cross-entropy do). ``logits``: (B, 3, X, Y, Z);
     ``target``: (B, 1, X, Y, Z) labelmap.
+
+    ``batch_dice`` pools the Dice over the batch (nnU-Net's "batch Dice"): per patch, a patch without
+    tumour scores any tumour voxel as a total loss, which teaches a rare class to stay silent.
+    ``tumour_weight`` weighs tumour voxels in the cross-entropy (1: unweighted).
     """
-    return _DICE(logits, target) + _CROSS_ENTROPY(logits, target[:, 0].long())
+    dice = _BATCH_DICE if batch_dice else _SAMPLE_DICE
+    weight = None
+    if tumour_weight != 1.0:
+        weight = torch.tensor([1.0, 1.0, tumour_weight], dtype=logits.dtype, device=logits.device)
+    return dice(logits, target) + F.cross_entropy(logits, target[:, 0].long(), weight=weight, ignore_index=UNSURE)
 
 
 class DeepSegmenter(Segmenter):
@@ -386,9 +396,9 @@ class DeepSegmenter(Segmenter):
         return output
 
     @classmethod
-    def loss(cls, output: Any, target: torch.Tensor) -> torch.Tensor:
-        """Training loss of one batch; ``target`` is the (B, 1, X, Y, Z) labelmap."""
-        return dice_ce_loss(cls.logits(output), target)
+    def loss(cls, output: Any, target: torch.Tensor, **options: Any) -> torch.Tensor:
+        """Training loss of one batch; ``target`` is the (B, 1, X, Y, Z) labelmap, ``options`` those of :func:`dice_ce_loss`."""
+        return dice_ce_loss(cls.logits(output), target, **options)
 
     @classmethod
     def preset_config(

@@ -94,8 +94,8 @@ class VAESegmenter(DeepSegmenter):
         return output[0]
 
     @classmethod
-    def loss(cls, output: Any, target: torch.Tensor) -> torch.Tensor:
+    def loss(cls, output: Any, target: torch.Tensor, **options: Any) -> torch.Tensor:
         """Dice-CE of the decoded logits plus ``KL_WEIGHT`` times the KL divergence of the code."""
         logits, mu, logvar, _ = output
         kl = -0.5 * torch.sum(1.0 + logvar - mu.pow(2) - logvar.exp(), dim=1).mean()
-        return dice_ce_loss(logits, target) + KL_WEIGHT * kl
+        return dice_ce_loss(logits, target, **options) + KL_WEIGHT * kl
