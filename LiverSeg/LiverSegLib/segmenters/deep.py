@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from ..anatomy import body_mask, liver_region
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
 from ..errors import LiverSegError
-from ..preprocessing import BODY_HU, UNSURE, clean_labels, to_input_grid
+from ..preprocessing import BODY_HU, TUMOUR, UNSURE, clean_labels, to_input_grid
 from ..volume import Volume, spacing_of
 from .base import Segmenter
 
@@ -335,9 +335,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, batch_dice: bool = 
     ``tumour_weight`` weighs tumour voxels in the cross-entropy (1: unweighted).
     """
     dice = _BATCH_DICE if batch_dice else _SAMPLE_DICE
-    weight = None
-    if tumour_weight != 1.0:
-        weight = torch.tensor([1.0, 1.0, tumour_weight], dtype=logits.dtype, device=logits.device)
+    weight = torch.ones(NUM_CLASSES, dtype=logits.dtype, device=logits.device)
+    weight[TUMOUR] = tumour_weight
     return dice(logits, target) + F.cross_entropy(logits, target[:, 0].long(), weight=weight, ignore_index=UNSURE)
 
 
