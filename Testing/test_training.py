@@ -164,6 +164,36 @@ def test_resume_refuses_what_it_cannot_continue(phantoms: Path, tmp_path: Path) 
         training.run_train(_args(str(phantoms), "--method", "vae", "-o", str(tmp_path / "run"), "--resume"))
 
 
+def test_init_weights_start_from_the_checkpoint_and_keep_its_grid(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "base"
+    assert training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(base), "--epochs", "1", *TINY)) == 0
+    trained = Checkpoint.load(base / "last.pt")
+
+    started: Dict[str, Any] = {}
+    monkeypatch.setattr(training.Trainer, "fit", lambda self: started.update(
+        weights=self.network.state_dict(), patch_size=self.config.preprocessing.patch_size))
+    training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "fresh"), "--epochs", "1", *TINY))
+    assert not all(torch.equal(started["weights"][n], trained.state_dict[n]) for n in trained.state_dict)
+
+    # Only the checkpoint is named: its grid and patch size come with it.
+    training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "tuned"), "--epochs", "1",
+                             "--init-weights", str(base / "last.pt")))
+    assert all(torch.equal(started["weights"][n], trained.state_dict[n]) for n in trained.state_dict)
+    assert started["patch_size"] == trained.config.preprocessing.patch_size
+
+    with pytest.raises(LiverSegError, match="--patch-size 48 48 16: --init-weights .* was trained with --patch-size 32 32 16"):
+        training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "other"),
+                                 "--init-weights", str(base / "last.pt"), "--patch-size", "48", "48", "16"))
+    with pytest.raises(LiverSegError, match="holds a 'unet' model, not 'vae'"):
+        training.run_train(_args(str(phantoms), "--method", "vae", "-o", str(tmp_path / "vae"),
+                                 "--init-weights", str(base / "last.pt")))
+    with pytest.raises(LiverSegError, match="--init-weights missing.pt: no such checkpoint"):
+        training.run_train(_args(str(phantoms), "--method", "unet", "-o", str(tmp_path / "missing"),
+                                 "--init-weights", "missing.pt"))
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(phantoms: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

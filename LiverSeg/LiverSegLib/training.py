@@ -58,7 +58,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .augmentation import training_transforms
-from .checkpoint import Checkpoint, ModelConfig
+from .checkpoint import Checkpoint, ModelConfig, shipped_model_path
 from .dataset import Case, load_msd_dataset, read_case
 from .errors import LiverSegError
 from .metrics import dice_scores
@@ -95,6 +95,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="default: ours (fixed mm grid, patches); paper: 128x128x64 resize, RMSprop lr 1e-5, 80 epochs")
     add("--epochs", type=_positive_int, help="passes over the training volumes (default: the preset's)")
     add("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt, with its settings")
+    add("--init-weights", metavar="CHECKPOINT",
+        help="start from the weights of a checkpoint of the same method ('shipped': the shipped model) instead of "
+             "random ones: fine-tuning; its grid and network are kept, with a fresh optimizer and schedule")
     add("--device", default="auto", help="auto (GPU if any), cpu, cuda or cuda:N")
     add("--seed", type=int, default=0, help="seed of the split, initial weights and augmentation")
     add("--spacing", type=float, nargs=3, metavar=("R", "A", "S"), help="working voxel size in mm (default: the preset's)")
@@ -154,6 +157,7 @@ class TrainSettings:
     tumour_patch_share: float = 0.0
     batch_dice: bool = False
     tumour_weight: float = 1.0
+    init_weights: str = ""  # "": random initial weights
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, segmenter: Type[DeepSegmenter]) -> "TrainSettings":
@@ -184,6 +188,7 @@ class TrainSettings:
             tumour_patch_share=args.tumour_patches,
             batch_dice=args.batch_dice,
             tumour_weight=args.tumour_weight,
+            init_weights=_init_weights_path(args.init_weights, args.method),
         )
         if not 0.0 < settings.val_fraction < 1.0:
             raise LiverSegError(f"--val-fraction {settings.val_fraction}: must lie between 0 and 1 (e.g. 0.2)")
@@ -340,7 +345,28 @@ def _settings(
     if run_dir.exists() and not run_dir.is_dir():
         raise LiverSegError(f"{run_dir}: is a file; -o needs a folder")
     settings = TrainSettings.from_args(args, segmenter)
+    if settings.init_weights:
+        config = Checkpoint.load(settings.init_weights, method=args.method).config
+        asked = {"--spacing": (args.spacing, config.preprocessing.spacing),
+                 "--patch-size": (args.patch_size, config.preprocessing.patch_size)}
+        for option, (value, kept) in asked.items():
+            if value is not None and tuple(value) != tuple(kept):
+                raise LiverSegError(f"{option} {' '.join(map(str, value))}: --init-weights {settings.init_weights} was "
+                                    f"trained with {option} {' '.join(map(str, kept))}, and fine-tuning keeps it; "
+                                    f"leave out {option}")
+        return settings, config, None
     return settings, segmenter.preset_config(args.preset, args.spacing, args.patch_size), None
+
+
+def _init_weights_path(given: Optional[str], method: str) -> str:
+    """``--init-weights`` as an absolute path ('shipped': the method's shipped model); '' when not given."""
+    if not given:
+        return ""
+    path = shipped_model_path(method) if given == "shipped" else Path(given)
+    if not path.is_file():
+        raise LiverSegError(f"--init-weights {given}: no such checkpoint; give a best.pt or last.pt of a "
+                            f"'{method}' run, or 'shipped'")
+    return str(path.resolve())
 
 
 class Trainer:
@@ -376,6 +402,8 @@ class Trainer:
 
         torch.manual_seed(settings.seed)  # the same initial weights on every rank and every rerun
         self.network = segmenter.build_network(config.preprocessing.patch_size, **config.network).to(device)
+        if settings.init_weights and resumed is None:  # before the average copies the network
+            self.network.load_state_dict(Checkpoint.load(settings.init_weights, method=settings.method).state_dict)
         # What is validated and saved: an exponential moving average of the weights when asked for, which
         # smooths the epoch-to-epoch swings of a network trained on a handful of volumes.
         self.averaged = (
