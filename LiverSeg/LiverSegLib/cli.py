@@ -7,6 +7,7 @@ the fix), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,11 +104,14 @@ def run_segment(args: argparse.Namespace) -> int:
     from .volume import check_writable, load_ct, suffix_of
 
     outputs = [Path(path) for path in args.output]
+    destinations = outputs + ([Path(args.preview)] if args.preview else [])
+    # Check every destination before minutes of work, so a bad path fails fast and writes nothing; first
+    # whether it is the input, the one mistake that would destroy data (whatever its suffix).
+    _check_outputs_apart(Path(args.ct), destinations)
     for output in outputs:
         if suffix_of(output) not in LABELMAP_SUFFIXES + (".seg.nrrd",):
             raise LiverSegError(f"{output}: unknown output type '{suffix_of(output)}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
-    # Check every destination before minutes of work, so a bad path fails fast and writes nothing.
-    for path in outputs + ([Path(args.preview)] if args.preview else []):
+    for path in destinations:
         check_writable(path)
     segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
     ct = load_ct(args.ct)
@@ -134,6 +138,28 @@ def run_segment(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _check_outputs_apart(ct: Path, outputs: List[Path]) -> None:
+    """Refuse an output that is the input CT, lies inside its DICOM folder, or is another output: writing
+    it would replace the CT (or a slice of it), or one output of this run would replace another."""
+    for index, output in enumerate(outputs):
+        if _same_file(output, ct):
+            raise LiverSegError(f"{output}: is the input CT {ct}; writing it would replace the CT, give another output path")
+        if ct.is_dir() and output.resolve().is_relative_to(ct.resolve()):
+            raise LiverSegError(f"{output}: inside the DICOM input folder {ct}; writing there could replace a slice "
+                                "or add a file to the series, give a path outside that folder")
+        for earlier in outputs[:index]:
+            if _same_file(output, earlier):
+                raise LiverSegError(f"{output}: given twice as an output (also as {earlier}); give each output its own path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same path, or one file reached through a symlink or hard link."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): then only the same resolved path is the same file
+        return a.resolve() == b.resolve()
 
 
 def _write_segmentation(labels, output: Path) -> Path:

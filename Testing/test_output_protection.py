@@ -1,0 +1,119 @@
+"""Nothing lost, nothing invented: no output replaces the input or another output, `liverseg phantom` does not
+overwrite a dataset unasked, and what the outputs say (preview colours and format, DICOM errors) is true."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from LiverSegLib import segmenters, volume
+from LiverSegLib.cli import main
+from LiverSegLib.phantom import make_phantom
+from LiverSegLib.volume import save_volume
+
+SHAPE, SPACING = (40, 40, 20), (8.0, 8.0, 12.0)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """A small phantom CT and its labels (in memory)."""
+    return make_phantom(SHAPE, SPACING, seed=4)
+
+
+@pytest.fixture
+def ct_path(tmp_path, phantom):
+    """The phantom CT as NIfTI, alone in a folder of its own."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    return save_volume(phantom[0], folder / "ct.nii.gz")
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if the command loads a model or the CT: refusals must come before any work."""
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the outputs were checked")
+
+    monkeypatch.setattr(segmenters, "create_segmenter", work)
+    monkeypatch.setattr(volume, "load_ct", work)
+
+
+def write_dicom_series(ct, folder: Path, uid: str, description: str, prefix: str = "slice") -> None:
+    """Write a CT volume as one DICOM series (one file per axial slice) with SimpleITK."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(ct.array.transpose(2, 1, 0))
+    image.SetSpacing(tuple(float(s) for s in ct.spacing))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()  # else the writer makes a new SeriesInstanceUID per slice
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        for tag, value in (("0020|000e", uid), ("0008|103e", description), ("0008|0060", "CT"),
+                           ("0020|0013", str(k + 1)), ("0020|0032", f"0\\0\\{k * ct.spacing[2]:g}"),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")):
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}{k:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def snapshot(folder: Path) -> dict:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_refused(capsys, args, message: str) -> None:
+    """The command exits 2 with one error line holding ``message``."""
+    assert main([str(a) for a in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("liverseg: error:") and message in lines[0], lines
+
+
+# --------------------------------------------------------------------------------------------- 1. output = input
+
+
+def test_an_output_that_is_the_input_ct_is_refused_before_any_work(tmp_path, ct_path, capsys, no_work):
+    folder = ct_path.parent
+    (folder / "symlink.nii.gz").symlink_to(ct_path)
+    os.link(ct_path, folder / "hardlink.nii.gz")
+    (folder / "ct_preview.png").symlink_to(ct_path)
+    before = snapshot(folder)
+    cases = {
+        "same path": ["-o", ct_path],
+        "same path, other spelling": ["-o", folder / ".." / "in" / "ct.nii.gz"],
+        "symlink": ["-o", folder / "symlink.nii.gz"],
+        "hard link": ["-o", folder / "hardlink.nii.gz"],
+        "second output": ["-o", tmp_path / "liver.nii.gz", "-o", ct_path],
+        "preview": ["-o", tmp_path / "liver.nii.gz", "--preview", ct_path],
+        "preview through a symlink": ["-o", tmp_path / "liver.nii.gz", "--preview", folder / "ct_preview.png"],
+    }
+    for problem, outputs in cases.items():
+        assert main(["segment", str(ct_path), *map(str, outputs)]) == 2, problem
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "is the input CT" in lines[0] and "give another output path" in lines[0], (problem, lines)
+    assert snapshot(folder) == before
+    assert not (tmp_path / "liver.nii.gz").exists()
+
+
+def test_an_output_inside_the_dicom_input_folder_is_refused(tmp_path, phantom, capsys, no_work):
+    dicom = tmp_path / "series"
+    write_dicom_series(phantom[0], dicom, "1.2.826.0.1.3680043.2.1125.7.1", "portal venous")
+    before = snapshot(dicom)
+    for outputs in (["-o", dicom / "liver.nii.gz"], ["-o", tmp_path / "liver.nii.gz", "--preview", dicom / "p.png"],
+                    ["-o", dicom / ".." / "series" / "liver.seg.nrrd"], ["-o", dicom]):
+        assert main(["segment", str(dicom), *map(str, outputs)]) == 2, outputs
+        error = capsys.readouterr().err
+        assert "DICOM input folder" in error or "is the input CT" in error, error
+    assert snapshot(dicom) == before and not (tmp_path / "liver.nii.gz").exists()
+
+
+def test_two_outputs_that_are_one_file_are_refused(tmp_path, ct_path, capsys, no_work):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.nii.gz").write_bytes(b"earlier result")
+    (out / "link.nii.gz").symlink_to(out / "earlier.nii.gz")
+    for outputs in (["-o", out / "a.nii.gz", "-o", out / "a.nii.gz"],
+                    ["-o", out / "a.nii.gz", "-o", out / "." / "a.nii.gz"],
+                    ["-o", out / "earlier.nii.gz", "-o", out / "link.nii.gz"]):
+        assert_refused(capsys, ["segment", ct_path, *outputs], "given twice as an output")
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.nii.gz", "link.nii.gz"]
+    assert (out / "earlier.nii.gz").read_bytes() == b"earlier result"
