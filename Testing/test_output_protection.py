@@ -1,6 +1,7 @@
 """Nothing lost, nothing invented: no output replaces the input or another output, `liverseg phantom` does not
 overwrite a dataset unasked, and what the outputs say (preview colours and format, DICOM errors) is true."""
 
+import json
 import os
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pytest
 
 from LiverSegLib import segmenters, volume
 from LiverSegLib.cli import main
-from LiverSegLib.phantom import make_phantom
+from LiverSegLib.phantom import make_phantom, write_phantom_dataset
 from LiverSegLib.volume import save_volume
 
 SHAPE, SPACING = (40, 40, 20), (8.0, 8.0, 12.0)
@@ -61,11 +62,12 @@ def snapshot(folder: Path) -> dict:
     return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def assert_refused(capsys, args, message: str) -> None:
-    """The command exits 2 with one error line holding ``message``."""
+def assert_refused(capsys, args, message: str) -> str:
+    """The command exits 2 with one error line holding ``message``; returns that line."""
     assert main([str(a) for a in args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("liverseg: error:") and message in lines[0], lines
+    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------- 1. output = input
@@ -117,3 +119,24 @@ def test_two_outputs_that_are_one_file_are_refused(tmp_path, ct_path, capsys, no
         assert_refused(capsys, ["segment", ct_path, *outputs], "given twice as an output")
     assert sorted(p.name for p in out.iterdir()) == ["earlier.nii.gz", "link.nii.gz"]
     assert (out / "earlier.nii.gz").read_bytes() == b"earlier result"
+
+
+# --------------------------------------------------------------------------------------------- 2. phantom datasets
+
+
+def test_phantom_refuses_to_overwrite_a_dataset_unless_asked(tmp_path, capsys):
+    dataset = write_phantom_dataset(tmp_path / "ds", n_cases=2, shape=SHAPE, spacing=SPACING)
+    (dataset / "notes.txt").write_text("mine")
+    before = snapshot(dataset)
+    error = assert_refused(capsys, ["phantom", "-o", dataset, "--cases", "1"], f"{dataset / 'dataset.json'}: already exists")
+    assert "another folder" in error and "--overwrite" in error
+    (dataset / "dataset.json").unlink()
+    del before[dataset / "dataset.json"]
+    # Without dataset.json (an interrupted run, say) its cases are still someone's data.
+    assert_refused(capsys, ["phantom", "-o", dataset, "--cases", "1"], "phantom_000.nii.gz: already exists")
+    assert snapshot(dataset) == before
+
+    assert main(["phantom", "-o", str(dataset), "--cases", "1", "--overwrite"]) == 0
+    assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 1
+    assert (dataset / "imagesTr" / "phantom_000.nii.gz").read_bytes() != before[dataset / "imagesTr" / "phantom_000.nii.gz"]
+    assert (dataset / "notes.txt").read_text() == "mine"

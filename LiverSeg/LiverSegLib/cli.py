@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("-o", "--output", required=True, help="dataset folder (created if missing)")
     phantom.add_argument("--cases", type=int, default=3, help="number of cases (default: 3)")
     phantom.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    phantom.add_argument("--overwrite", action="store_true",
+                         help="replace the dataset.json and cases an earlier run wrote into the folder")
     phantom.set_defaults(run=run_phantom)
 
     from .training import add_train_arguments, run_train
@@ -188,8 +190,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    from .phantom import write_phantom_dataset
+    from .phantom import phantom_dataset_files, write_phantom_dataset
 
+    existing = [path for path in phantom_dataset_files(args.output, args.cases) if path.exists()]
+    if existing and not args.overwrite:
+        more = f" (and {len(existing) - 1} more of the files this would write)" if len(existing) > 1 else ""
+        raise LiverSegError(f"{existing[0]}: already exists{more}; write into another folder, or add --overwrite "
+                            "to replace them")
     folder = write_phantom_dataset(args.output, n_cases=args.cases, seed=args.seed)
     print(f"wrote {args.cases} phantom case(s) to {folder} (dataset.json, imagesTr/, labelsTr/)")
     return 0

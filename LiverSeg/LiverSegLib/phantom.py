@@ -433,6 +433,18 @@ def make_phantom(
     return Volume(ct, affine.copy()), Volume(labels, affine.copy())
 
 
+def phantom_dataset_files(folder: str | os.PathLike, n_cases: int) -> list[Path]:
+    """The files :func:`write_phantom_dataset` writes into ``folder``: dataset.json, then each case's image
+    and label (so a caller can check first what it would replace)."""
+    folder = Path(folder)
+    cases = [folder / sub / _case_name(index) for index in range(n_cases) for sub in ("imagesTr", "labelsTr")]
+    return [folder / "dataset.json", *cases]
+
+
+def _case_name(index: int) -> str:
+    return f"phantom_{index:03d}.nii.gz"
+
+
 def write_phantom_dataset(folder: str | os.PathLike, n_cases: int = 3, seed: int = 0, **phantom_kwargs) -> Path:
     """Write phantoms as a Medical Segmentation Decathlon Task03 (liver) dataset.
 
@@ -451,7 +463,7 @@ def write_phantom_dataset(folder: str | os.PathLike, n_cases: int = 3, seed: int
     training = []
     for index, case_seed in enumerate(case_seeds):
         ct, labels = make_phantom(seed=int(case_seed), **phantom_kwargs)
-        name = f"phantom_{index:03d}.nii.gz"
+        name = _case_name(index)
         save_volume(ct, folder / "imagesTr" / name)
         save_volume(labels, folder / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
