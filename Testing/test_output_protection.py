@@ -5,12 +5,16 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from LiverSegLib import segmenters, volume
 from LiverSegLib.cli import main
+from LiverSegLib.errors import LiverSegError
+from LiverSegLib.mrml import SEGMENTS
 from LiverSegLib.phantom import make_phantom, write_phantom_dataset
-from LiverSegLib.volume import save_volume
+from LiverSegLib.preview import save_preview
+from LiverSegLib.volume import load_ct, save_volume
 
 SHAPE, SPACING = (40, 40, 20), (8.0, 8.0, 12.0)
 
@@ -140,3 +144,60 @@ def test_phantom_refuses_to_overwrite_a_dataset_unless_asked(tmp_path, capsys):
     assert json.loads((dataset / "dataset.json").read_text())["numTraining"] == 1
     assert (dataset / "imagesTr" / "phantom_000.nii.gz").read_bytes() != before[dataset / "imagesTr" / "phantom_000.nii.gz"]
     assert (dataset / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------------------------- 3. what outputs say
+
+
+def test_preview_outlines_and_legend_use_the_segmentation_colours(tmp_path, phantom):
+    import matplotlib.image
+
+    ct, labels = phantom
+    assert (labels.array == 2).any(), "the phantom needs a tumour"
+    path = tmp_path / "preview.png"
+    save_preview(ct, labels.array, path, title="phantom")
+    pixels = matplotlib.image.imread(str(path))[..., :3]
+
+    def pixels_near(rgb) -> int:
+        return int((np.abs(pixels - np.asarray(rgb)).max(axis=-1) < 0.06).sum())
+
+    for segment in SEGMENTS:  # the colours the .seg.nrrd gives its segments (orange liver, yellow tumour)
+        assert pixels_near(segment.color) >= 10, segment.name
+    assert pixels_near((0.2, 0.9, 0.3)) == 0, "the old green tumour colour is back"
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".jpg", b"\xff\xd8\xff"), (".JPEG", b"\xff\xd8\xff"),
+                                           (".tif", b"II*\x00"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_preview_is_written_in_the_format_its_suffix_names(tmp_path, phantom, suffix, magic):
+    ct, labels = phantom
+    path = tmp_path / f"preview{suffix}"
+    save_preview(ct, labels.array, path)
+    assert path.read_bytes().startswith(magic)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file left behind"
+
+
+def test_an_unknown_preview_type_is_refused_before_any_work(tmp_path, ct_path, capsys, no_work):
+    for name in ("preview.gif", "preview.nii.gz", "preview"):
+        error = assert_refused(capsys, ["segment", ct_path, "-o", tmp_path / "liver.nii.gz", "--preview", tmp_path / name],
+                               "unknown preview type")
+        assert ".png" in error and ".jpg" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_two_dicom_series_in_one_folder_are_both_named(tmp_path, phantom):
+    ct = phantom[0]
+    single = tmp_path / "single"
+    write_dicom_series(ct, single, "1.2.826.0.1.3680043.2.1125.7.2", "venous")
+    assert load_ct(single).array.shape == ct.array.shape  # the helper writes a series LiverSeg reads
+
+    both = tmp_path / "both"
+    # GDCM gives a series without a SeriesInstanceUID the id "", which once printed as an empty name.
+    write_dicom_series(ct, both, "", "arterial", prefix="a")
+    write_dicom_series(ct, both, "1.2.826.0.1.3680043.2.1125.7.3", "portal venous", prefix="b")
+    with pytest.raises(LiverSegError) as error:
+        load_ct(both)
+    message = str(error.value)
+    assert "\n" not in message and "holds 2 DICOM series" in message and "one series per folder" in message
+    assert 'SeriesInstanceUID (none) "arterial"' in message, message
+    assert 'SeriesInstanceUID 1.2.826.0.1.3680043.2.1125.7.3 "portal venous"' in message, message
+    assert message.count(f"({SHAPE[2]} files)") == 2, message

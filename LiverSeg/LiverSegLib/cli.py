@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("-o", "--output", required=True, action="append",
                          help="output file: .nii.gz, .nii, .nrrd or .seg.nrrd (repeat -o to write several)")
     _add_method_arguments(segment)
-    segment.add_argument("--preview", help="also write a PNG with axial and coronal overlays")
+    segment.add_argument("--preview", help="also write an image with axial and coronal overlays, in the format "
+                         "its suffix names (.png, .jpg, .pdf, ...)")
     segment.set_defaults(run=run_segment)
 
     evaluate = commands.add_parser(
@@ -102,6 +103,7 @@ class ProgressBar:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from .preview import preview_format, save_preview
     from .segmenters import create_segmenter
     from .volume import check_writable, load_ct, suffix_of
 
@@ -113,6 +115,8 @@ def run_segment(args: argparse.Namespace) -> int:
     for output in outputs:
         if suffix_of(output) not in LABELMAP_SUFFIXES + (".seg.nrrd",):
             raise LiverSegError(f"{output}: unknown output type '{suffix_of(output)}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
+    if args.preview:
+        preview_format(args.preview)
     for path in destinations:
         check_writable(path)
     segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
@@ -128,8 +132,6 @@ def run_segment(args: argparse.Namespace) -> int:
 
     written = [_write_segmentation(ct.with_array(labels), output) for output in outputs]
     if args.preview:
-        from .preview import save_preview
-
         save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
         written.append(Path(args.preview))
 

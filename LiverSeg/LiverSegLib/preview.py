@@ -1,20 +1,37 @@
-"""PNG previews a person can look at: axial and coronal CT slices with the segmentation outlined."""
+"""Previews a person can look at (PNG, JPEG, ... by suffix): axial and coronal CT slices with the
+segmentation outlined in the colours the .seg.nrrd gives its segments."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import nibabel as nib
 import numpy as np
 
-from .preprocessing import LIVER, TUMOUR
+from .errors import LiverSegError
+from .mrml import SEGMENTS
+from .preprocessing import LIVER
 from .volume import Volume, atomic_output
 
-LIVER_RGB = (221 / 255, 130 / 255, 101 / 255)
-TUMOUR_RGB = (0.2, 0.9, 0.3)
 REFERENCE_RGB = (0.3, 0.6, 1.0)
 WINDOW_HU = (-160.0, 240.0)
+# Formats matplotlib writes with its own Agg renderer and Pillow (no LaTeX or Ghostscript), that viewers open.
+PREVIEW_FORMATS = ("png", "jpg", "jpeg", "tif", "tiff", "svg", "pdf")
+
+
+def preview_format(path: str | os.PathLike) -> str:
+    """The image format ``path``'s suffix names, so ``preview.jpg`` holds a JPEG, not PNG bytes.
+
+    Raises:
+        LiverSegError: the suffix names no format in :data:`PREVIEW_FORMATS`.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix[1:] not in PREVIEW_FORMATS:
+        raise LiverSegError(f"{path}: unknown preview type '{suffix}'; use "
+                            + ", ".join(f".{name}" for name in PREVIEW_FORMATS))
+    return suffix[1:]
 
 
 def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -29,19 +46,21 @@ def save_preview(
     reference: Optional[np.ndarray] = None,
     title: str = "",
 ) -> None:
-    """Write a PNG with an axial and a coronal slice through the liver's centre, outlines over the CT.
+    """Write an image with an axial and a coronal slice through the liver's centre, outlines over the CT.
 
     Args:
         ct: the CT (I, J, K) in HU.
         labels: labelmap (I, J, K) on the CT's grid (0/1/2).
-        path: the PNG to write (atomically).
+        path: the image to write (atomically), in the format its suffix names (:func:`preview_format`).
         reference: optional reference labelmap, outlined in blue for comparison.
         title: figure title.
     """
+    image_format = preview_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     image = _to_ras(ct.array, ct.affine)
     prediction = _to_ras(labels, ct.affine)
@@ -59,19 +78,26 @@ def save_preview(
     for ax, (name, take, aspect) in zip(axes, views):
         # Radiological convention: patient's right on the viewer's left, so flip x.
         ax.imshow(take(image).T[:, ::-1], cmap="gray", vmin=WINDOW_HU[0], vmax=WINDOW_HU[1], origin="lower", aspect=aspect)
-        for mask, colour in ((take(prediction) >= LIVER, LIVER_RGB), (take(prediction) == TUMOUR, TUMOUR_RGB)):
+        for segment in SEGMENTS:
+            mask = take(prediction) >= segment.label  # labels nest: the liver's outline encloses its tumours
             if mask.any():
-                ax.contour(mask.T[:, ::-1].astype(float), levels=[0.5], colors=[colour], linewidths=1.2, origin="lower")
+                ax.contour(mask.T[:, ::-1].astype(float), levels=[0.5], colors=[segment.color], linewidths=1.2,
+                           origin="lower")
         if truth is not None and (take(truth) >= LIVER).any():
             ax.contour((take(truth) >= LIVER).T[:, ::-1].astype(float), levels=[0.5], colors=[REFERENCE_RGB],
                        linewidths=1.0, linestyles="dashed", origin="lower")
         ax.set_title(f"{name} (R on the left)")
         ax.axis("off")
-    legend = "liver (orange), tumour (green)" + (", reference (blue dashed)" if truth is not None else "")
-    fig.suptitle(f"{title}\n{legend}" if title else legend)
-    fig.tight_layout()
+    # Legend entries drawn in the outlines' own colours, so no colour name can disagree with them.
+    handles = [Line2D([], [], color=segment.color, label=segment.name) for segment in SEGMENTS]
+    if truth is not None:
+        handles.append(Line2D([], [], color=REFERENCE_RGB, linestyle="dashed", label="Reference liver"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     with atomic_output(path) as temp:
-        fig.savefig(temp, dpi=80, format="png")
+        fig.savefig(temp, dpi=80, format=image_format)
     plt.close(fig)
 
 

@@ -132,11 +132,23 @@ def _read_dicom_series(folder: Path) -> Volume:
     if not series:
         raise LiverSegError(f"{folder}: no DICOM series in this folder; point to the folder that holds the .dcm files")
     if len(series) > 1:
-        raise LiverSegError(
-            f"{folder}: holds {len(series)} DICOM series ({', '.join(series)}); put one series per folder"
-        )
+        described = "; ".join(_describe_series(folder, series_id) for series_id in series)
+        raise LiverSegError(f"{folder}: holds {len(series)} DICOM series ({described}); put one series per folder")
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
     return _from_simpleitk(reader.Execute())
+
+
+def _describe_series(folder: Path, series_id: str) -> str:
+    """A series as a person can find it in a viewer: UID, description and number of files. GDCM's series id
+    is the SeriesInstanceUID, empty for files without one."""
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+    header = sitk.ImageFileReader()
+    header.SetFileName(files[0])
+    header.ReadImageInformation()
+    description = header.GetMetaData("0008|103e").strip() if header.HasMetaDataKey("0008|103e") else ""
+    return f"SeriesInstanceUID {series_id or '(none)'} \"{description or 'no description'}\" ({len(files)} files)"
 
 
 def _from_simpleitk(image) -> Volume:
