@@ -125,7 +125,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path: Path, monke
 def test_without_a_model_path_the_shipped_model_is_used_or_the_fix_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert checkpoint_module.MODELS_DIR == REPOSITORY / "Resources" / "Models"
+    assert checkpoint_module.MODELS_DIR == REPOSITORY / "LiverSeg" / "LiverSegLib" / "models"
     monkeypatch.setattr(checkpoint_module, "MODELS_DIR", tmp_path)
     with pytest.raises(MethodUnavailableError, match=r"liverseg train.*--model"):
         create_segmenter("unet", device="cpu")

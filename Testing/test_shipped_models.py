@@ -1,4 +1,4 @@
-"""The models in ``Resources/Models``: intact, documented, and working out of the box on every real CT.
+"""The models in ``LiverSegLib/models`` (what installs with the package): intact, documented, and working out of the box on every real CT.
 
 The last test ties the shipped weights to the figure their card publishes: the shipped fold never saw
 ``totalseg_dicom_example`` (``SHIPPED_FOLD`` in ``scripts/train_models.py``), and segmenting it again
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from LiverSegLib.checkpoint import MODELS_DIR, Checkpoint, shipped_model_path
+from LiverSegLib.checkpoint import MANIFEST, MODELS_DIR, Checkpoint, shipped_model_path
 from LiverSegLib.metrics import dice_scores
 from LiverSegLib.segmenters import create_segmenter
 from LiverSegLib.segmenters.deep import DEEP_METHODS
@@ -29,7 +29,7 @@ MAX_MB = 50
 
 @pytest.mark.parametrize("method", DEEP_METHODS)
 def test_each_model_matches_its_manifest_and_has_a_card(method: str) -> None:
-    manifest = json.loads((MODELS_DIR / "models.json").read_text())
+    manifest = json.loads((MODELS_DIR / MANIFEST).read_text())
     path = MODELS_DIR / manifest[method]["file"]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert digest == manifest[method]["sha256"]

@@ -17,7 +17,7 @@ resident memory; x_em, segment_s over EM's on the CPU of this machine (EM is mea
 way); train_step_s, one optimizer step on ``batch_size x samples_per_volume`` random patches of the
 preset's patch size (data loading excluded); peak_gpu_gb on a GPU.
 
-With ``--preset default`` the networks have the shipped weights (``Resources/Models``), so post_s is a
+With ``--preset default`` the networks have the shipped weights (``LiverSegLib/models``), so post_s is a
 trained network's. No paper-preset model ships, so those networks have their initial weights: the
 network's run time does not depend on them, but their scattered labels span the whole CT, the worst case
 for post_s; the last line then gives post_s for the phantom's own labels, what a trained network costs.

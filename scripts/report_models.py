@@ -27,11 +27,11 @@ from typing import Dict, List, Optional
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "LiverSeg"))
 from train_models import MANUAL_REFERENCES, reference_kind  # noqa: E402  (the one list of manual references)
+from LiverSegLib.checkpoint import MEASURED, MODELS_DIR  # noqa: E402
 
 SHARED = REPOSITORY.parent / "shared" / "data"
-MODELS = REPOSITORY / "Resources" / "Models"
+REPORTS = REPOSITORY / "Resources" / "Models"
 METHODS = ["em", "unet", "autoencoder", "vitautoenc", "vae"]
-MEASURED = "measured.json"
 LAST = "dice_liver_last_epoch"
 PAPER = {"unet": 0.9675, "autoencoder": 0.8894, "vitautoenc": 0.5997, "em": 0.17, "vae": None}
 
@@ -84,14 +84,14 @@ def main() -> int:
                     measured["synthetic"] = synthetic["rows"] if synthetic else []
                 measured["unseen"] = unseen_dice(method, measured)
                 results[method] = measured
-    MODELS.mkdir(parents=True, exist_ok=True)
-    (MODELS / "REPORT.md").write_text(markdown(results))
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    (REPORTS / "REPORT.md").write_text(markdown(results))
     # What the Slicer panel shows beside each segmenter's name, and what chooses the default method: the
     # last epoch's figure, since the best epoch was chosen on the test cases themselves.
     measured = {m: round(_mean_unseen(m, r, LAST), 3) for m, r in results.items()}
-    (MODELS / MEASURED).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
-    plot(results, MODELS / "REPORT.png")
-    print((MODELS / "REPORT.md").read_text())
+    (MODELS_DIR / MEASURED).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+    plot(results, REPORTS / "REPORT.png")
+    print((REPORTS / "REPORT.md").read_text())
     return 0
 
 
@@ -178,7 +178,7 @@ def markdown(results: Dict[str, Dict]) -> str:
 def ablation_section() -> List[str]:
     """What each training lever adds to the U-Net (``Resources/Models/ablation.json``, written by
     ``python scripts/train_models.py --ablation``)."""
-    path = MODELS / "ablation.json"
+    path = REPORTS / "ablation.json"
     if not path.is_file():
         return []
     variants = json.loads(path.read_text())

@@ -20,8 +20,8 @@ interruption continues where it stopped; ``--resume`` is passed to training runs
    a variant may change the training data (``DATA``): without the pseudo-labels, without the phantoms,
    or with round-two pseudo-labels filtered voxel by voxel (:func:`consensus_pseudo_labels`).
 4. The shipped model of a method is its fold ``SHIPPED_FOLD`` (trained on the full-abdomen CT), stored
-   in fp16 as ``Resources/Models/<method>.pt`` with a model card ``<method>.md`` and its sha256 in
-   ``Resources/Models/models.json``.
+   in fp16 as ``LiverSeg/LiverSegLib/models/<method>.pt`` (inside the package, so it installs with the
+   code) with a model card ``<method>.md`` and its sha256 in ``models.json``.
 
 Usage: python scripts/train_models.py [--methods unet ...] [--work out/models] [--device auto] [--jobs 2]
        python scripts/train_models.py --ablation [VARIANT ...]   (what each lever adds to the U-Net)
@@ -44,9 +44,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "LiverSeg"))
+from LiverSegLib.checkpoint import MANIFEST, MODELS_DIR  # noqa: E402
 
 SHARED = REPOSITORY.parent / "shared" / "data"
-MODELS = REPOSITORY / "Resources" / "Models"
+REPORTS = REPOSITORY / "Resources" / "Models"
+"""Where the ablation figures go (``ablation.json``, beside the report); the models go to ``MODELS_DIR``."""
 PSEUDO_LIVER_ML = (600.0, 3500.0)
 N_PHANTOMS = 4
 SEED = 0
@@ -298,7 +300,7 @@ def main() -> int:
 
     if args.ablation is not None:
         # Variants whose runs are not in this work folder keep the figures recorded when they were trained.
-        path = MODELS / "ablation.json"
+        path = REPORTS / "ablation.json"
         summary = json.loads(path.read_text()) if path.is_file() else {}
         for variant, (options, data) in ABLATION.items():
             if variant in (args.ablation or ABLATION):
@@ -306,8 +308,8 @@ def main() -> int:
             runs = runs_folder(args.work, "unet", variant)
             if runs.is_dir():
                 summary[variant] = {"options": " ".join(options), "data": data, "cases": fold_scores(runs)}
-        (MODELS / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log(f"wrote {MODELS / 'ablation.json'}")
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        log(f"wrote {path}")
         return 0
     for method in args.methods:
         train_folds(method, SHIPPED_UNET if method == "unet" else None)
@@ -329,15 +331,15 @@ def ship(method: str, work: Path) -> None:
     # What test_shipped_models reproduces: the shipped weights' Dice on the case their fold never saw.
     shipped = {"case": held_out, "epoch": "last", "dice_liver": scores[held_out]["dice_liver_last_epoch"]}
     checkpoint.metrics = {**checkpoint.metrics, "cross_validation": scores, "shipped": shipped}
-    target = MODELS / f"{method}.pt"
-    MODELS.mkdir(parents=True, exist_ok=True)
+    target = MODELS_DIR / f"{method}.pt"
+    MODELS_DIR.mkdir(parents=True, exist_ok=True)
     checkpoint.save(target)
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    manifest_path = MODELS / "models.json"
+    manifest_path = MODELS_DIR / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[method] = {"file": target.name, "sha256": digest}
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    (MODELS / f"{method}.md").write_text(model_card(method, checkpoint, digest, target))
+    (MODELS_DIR / f"{method}.md").write_text(model_card(method, checkpoint, digest, target))
     log(f"shipped {target} ({target.stat().st_size / 2**20:.1f} MB, sha256 {digest[:12]}...)")
 
 

@@ -104,6 +104,28 @@ def test_liverseg_cmake_globs_the_whole_library():
     assert "GLOB_RECURSE" in cmake and "${MODULE_NAME}Lib/*.py" in cmake
 
 
+def test_liverseg_cmake_installs_every_shipped_model_file():
+    """The module's CMake globs that install the models (MODULE_MODEL_FILES) match every file the library
+    loads from its models folder, and the list is installed as a resource."""
+    import fnmatch
+    import json
+
+    from LiverSegLib.checkpoint import MANIFEST, MEASURED, MODELS_DIR
+
+    cmake = (MODULES["LiverSeg"] / "CMakeLists.txt").read_text()
+    block = re.search(r"file\(GLOB MODULE_MODEL_FILES(?s:(.*?))\)", cmake).group(1)
+    patterns = [p.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "").replace("${MODULE_NAME}", "LiverSeg")
+                for p in re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/\S+", block)]
+    assert re.search(r"set\(MODULE_PYTHON_RESOURCES(?s:.*?)\$\{MODULE_MODEL_FILES\}", cmake)
+    manifest = json.loads((MODELS_DIR / MANIFEST).read_text())
+    needed = [MANIFEST, MEASURED] + [entry["file"] for entry in manifest.values()] + [f"{m}.md" for m in manifest]
+    files = sorted(p.name for p in MODELS_DIR.iterdir())
+    assert set(needed) <= set(files)
+    for name in files:
+        relative = (MODELS_DIR / name).relative_to(MODULES["LiverSeg"]).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), f"{relative} is not installed by CMake"
+
+
 @pytest.mark.parametrize("name", list(MODULES))
 def test_every_scenario_runs_in_pytest_and_in_the_self_test(name):
     scenarios = set(re.findall(r"^def (scenario_\w+)\(", SCENARIO_FILES[name].read_text(), re.M))

@@ -25,11 +25,11 @@ SEGMENTERS: Dict[str, Tuple[str, str, str]] = {
 
 def _measured() -> Dict[str, float]:
     """Method -> mean liver Dice on real CT it never saw, at the deep models' last epoch (no epoch chosen
-    on the test case), from the checked-in evaluation report (``Resources/Models/measured.json``, written
-    by ``make report``); empty when not measured."""
-    from ..checkpoint import MODELS_DIR
+    on the test case), from the shipped ``models/measured.json`` (written by ``make report``); empty when
+    not measured."""
+    from ..checkpoint import MEASURED, MODELS_DIR
 
-    path = MODELS_DIR / "measured.json"
+    path = MODELS_DIR / MEASURED
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

@@ -348,7 +348,7 @@ class DeepSegmenter(Segmenter):
     and those trained with more than Dice-CE override :meth:`loss`.
 
     Args:
-        model_path: checkpoint file; ``None`` uses the shipped ``Resources/Models/<name>.pt``.
+        model_path: checkpoint file; ``None`` uses the shipped ``LiverSegLib/models/<name>.pt``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`choose_device`).
 
     Raises:

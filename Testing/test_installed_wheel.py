@@ -1,0 +1,61 @@
+"""What a user installs: a wheel of the project in a fresh virtual environment, outside the source tree,
+segments a CT with every shipped model (the models are package data, not files of the repository)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from LiverSegLib.checkpoint import MANIFEST, MODELS_DIR
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(json.loads((MODELS_DIR / MANIFEST).read_text()))
+
+
+def _run(*command: str | Path, cwd: Path) -> str:
+    result = subprocess.run([str(c) for c in command], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(map(str, command))}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh environment holding only the wheel; the dependencies come from the test's own environment
+    through a ``.pth`` line (installing torch again would take minutes), whose editable install of the
+    source tree is not carried over: nested ``.pth`` files are not processed."""
+    root = tmp_path_factory.mktemp("wheel")
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", root / "dist",
+         REPOSITORY, cwd=root)
+    (wheel,) = (root / "dist").glob("liverseg-*.whl")
+    venv.create(root / "env", with_pip=False)
+    python = root / "env" / "bin" / "python"
+    site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).strip())
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run(sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--target", site, wheel, cwd=root)
+    return root
+
+
+def test_the_wheel_is_imported_from_the_environment_not_the_source_tree(installed: Path) -> None:
+    where = _run(installed / "env" / "bin" / "python", "-c", "import LiverSegLib; print(LiverSegLib.__file__)", cwd=installed)
+    assert Path(where.strip()).is_relative_to(installed / "env"), where
+
+
+def test_the_installed_package_segments_with_every_shipped_model(installed: Path) -> None:
+    python = installed / "env" / "bin" / "python"
+    cli = [python, "-m", "LiverSegLib.cli"]
+    _run(*cli, "phantom", "-o", installed / "phantom", "--cases", "1", cwd=installed)
+    (ct,) = (installed / "phantom" / "imagesTr").glob("*.nii.gz")
+    assert SHIPPED, "no shipped model listed in models.json"
+    for method in SHIPPED:
+        output = installed / f"{method}.nii.gz"
+        _run(*cli, "segment", ct, "-o", output, "--method", method, "--device", "cpu", cwd=installed)
+        labels = np.asarray(nib.load(output).dataobj)
+        assert labels.shape == nib.load(ct).shape and np.count_nonzero(labels) > 0, method
