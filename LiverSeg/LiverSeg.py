@@ -346,9 +346,8 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.SetNodeReferenceID("OutputSegmentation", result.segmentation_node.GetID())
         self.logic.showResult(result)
         self.finish(
-            _("Liver {liver:.0f} ml, tumour {tumour:.1f} ml ({method}, {seconds:.0f} s)").format(
-                liver=result.volumes_ml["Liver"], tumour=result.volumes_ml["Liver tumor"],
-                method=result.method, seconds=result.seconds,
+            _("{volumes} ({method}, {seconds:.0f} s)").format(
+                volumes=result.volumes.summary(), method=result.method, seconds=result.seconds
             )
         )
 

@@ -135,10 +135,9 @@ def run_segment(args: argparse.Namespace) -> int:
         save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
         written.append(Path(args.preview))
 
-    from .metrics import volumes_ml
+    from .volumetry import liver_volumes
 
-    volumes = volumes_ml(labels, ct.voxel_ml)
-    print(f"{args.method}: liver {volumes['liver_ml']:.0f} ml, tumour {volumes['tumour_ml']:.1f} ml, {seconds:.1f} s")
+    print(f"{args.method}: {liver_volumes(labels, ct.voxel_ml).summary()}, {seconds:.1f} s")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -19,13 +19,16 @@ from typing import List, Optional
 import numpy as np
 
 from .dataset import load_msd_dataset, read_case
-from .metrics import MIN_LESION_MM, dice_scores, lesion_detection, volumes_ml
+from .metrics import MIN_LESION_MM, dice_scores, lesion_detection
 from .segmenters import create_segmenter
 from .volume import atomic_output
+from .volumetry import liver_volumes
 
 
 @dataclass
 class CaseResult:
+    """One case's scores; volumes as :mod:`LiverSegLib.volumetry` defines them (liver = tumours included)."""
+
     case: str
     dice_liver: float
     dice_tumour: float
@@ -75,8 +78,8 @@ class Report:
         lines = [
             f"# LiverSeg evaluation: `{self.method}` on `{self.dataset}`",
             "",
-            "Per-volume Dice at the CT's own resolution (liver = labels 1+2, tumour = label 2; "
-            "n/a where the reference has no tumour)."
+            "Per-volume Dice and volumes at the CT's own resolution (liver = labels 1+2, its tumours included; "
+            "tumour = label 2; n/a where the reference has no tumour)."
             + (f" Synthetic tumours painted into every reference liver with seed {self.synthetic_tumour_seed}."
                if self.synthetic_tumour_seed is not None else ""),
             "",
@@ -136,12 +139,12 @@ def evaluate(
         started = time.perf_counter()
         labels = segmenter.segment(ct)
         seconds = time.perf_counter() - started
-        predicted, truth = volumes_ml(labels, ct.voxel_ml), volumes_ml(reference.array, ct.voxel_ml)
+        predicted, truth = liver_volumes(labels, ct.voxel_ml), liver_volumes(reference.array, ct.voxel_ml)
         lesions = lesion_detection(labels, reference.array, ct.spacing)
         lesion_rows += [{"case": case.name, "diameter_mm": round(d, 1), "found": int(f)} for d, f in lesions]
-        results.append(CaseResult(case.name, **dice_scores(labels, reference.array), liver_ml=predicted["liver_ml"],
-                                  reference_liver_ml=truth["liver_ml"], tumour_ml=predicted["tumour_ml"],
-                                  reference_tumour_ml=truth["tumour_ml"], seconds=seconds,
+        results.append(CaseResult(case.name, **dice_scores(labels, reference.array), liver_ml=predicted.liver_ml,
+                                  reference_liver_ml=truth.liver_ml, tumour_ml=predicted.tumour_ml,
+                                  reference_tumour_ml=truth.tumour_ml, seconds=seconds,
                                   lesions=len(lesions), lesions_found=sum(f for _, f in lesions)))
         if previews:
             from .preview import save_preview

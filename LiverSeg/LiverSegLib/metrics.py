@@ -1,4 +1,4 @@
-"""Per-volume quality figures: Dice of the liver and of the tumour, and volumes in ml.
+"""Per-volume quality figures: Dice of the liver and of the tumour, and lesion detection.
 
 Dice is computed once over the whole volume at the CT's own resolution (never per slice, never
 counting background), by MONAI's DiceMetric. "Liver" is the organ -- labels 1 and 2 together, as in the
@@ -16,6 +16,7 @@ from monai.metrics import DiceMetric
 from scipy import ndimage
 
 from .preprocessing import LIVER, TUMOUR
+from .volumetry import liver_volumes
 
 
 def class_masks(labels: np.ndarray) -> torch.Tensor:
@@ -43,11 +44,10 @@ def dice_scores(prediction: np.ndarray, reference: np.ndarray) -> Dict[str, floa
 
 
 def volumes_ml(labels: np.ndarray, voxel_ml: float) -> Dict[str, float]:
-    """Liver organ (labels 1 and 2) and tumour (label 2) volumes in millilitres."""
-    return {
-        "liver_ml": float(np.count_nonzero(labels >= LIVER)) * voxel_ml,
-        "tumour_ml": float(np.count_nonzero(labels == TUMOUR)) * voxel_ml,
-    }
+    """The liver (tumours included) and tumour volumes of :func:`volumetry.liver_volumes` as a dict, the
+    form ``scripts/train_models.py`` reads; new code uses :func:`~LiverSegLib.volumetry.liver_volumes`."""
+    volumes = liver_volumes(labels, voxel_ml)
+    return {"liver_ml": volumes.liver_ml, "tumour_ml": volumes.tumour_ml}
 
 
 DETECTED_SHARE = 0.2

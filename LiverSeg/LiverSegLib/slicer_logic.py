@@ -11,7 +11,7 @@ Typical use (blocking, for scripts)::
     ctx = mrml.headless_context()                       # or mrml.context_from_slicer_app() in Slicer
     ct = ctx.volumes.AddArchetypeVolume("/data/ct.nii.gz", "CT")
     result = LiverSegLogic(ctx).run(ct, method="em")
-    result.volumes_ml                                   # {"Liver": 1523.1, "Liver tumor": 12.4}
+    result.volumes.liver_ml                             # 1523.1 (tumours included; see volumetry.py)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from . import mrml
 from .errors import CancelledError, LiverSegError
 from .segmenters import SEGMENTERS, Segmenter, create_segmenter, default_method, measured_liver_dice
 from .volume import Volume, check_ct
+from .volumetry import LiverVolumes, liver_volumes
 
 VOLUMES_TABLE_ROLE = "LiverSegVolumesTable"
 """Node reference from the segmentation to its table of segment volumes (reused by later runs)."""
@@ -82,8 +83,7 @@ class SegmentationResult:
 
     segmentation_node: Any
     table_node: Any
-    volumes_ml: Dict[str, float]
-    voxels: Dict[str, int]
+    volumes: LiverVolumes
     method: str
     seconds: float
 
@@ -312,19 +312,19 @@ class LiverSegLogic:
                 display = segmentation_node.GetDisplayNode()
                 if display is not None:
                     display.SetVisibility3D(True)
-            voxels, volumes = segment_volumes(labels)
-            table = self._volumes_table(segmentation_node, voxels, volumes)
+            volumes = liver_volumes(labels.array, labels.voxel_ml)
+            table = self._volumes_table(segmentation_node, volumes)
         return SegmentationResult(
             segmentation_node=segmentation_node,
             table_node=table,
-            volumes_ml=volumes,
-            voxels=voxels,
+            volumes=volumes,
             method=job.segmenter_name,
             seconds=time.monotonic() - job.started,
         )
 
-    def _volumes_table(self, segmentation_node, voxels: Dict[str, int], volumes: Dict[str, float]):
-        """Fill (or make) the table of segment volumes that belongs to ``segmentation_node``."""
+    def _volumes_table(self, segmentation_node, volumes: LiverVolumes):
+        """Fill (or make) the table of volumes that belongs to ``segmentation_node``: the rows of
+        :meth:`LiverVolumes.rows`, so it shows what the CLI prints."""
         import vtk
 
         scene = self.ctx.scene
@@ -335,32 +335,24 @@ class LiverSegLogic:
         was_modifying = table.StartModify()
         try:
             table.RemoveAllColumns()
-            columns = (("Segment", vtk.vtkStringArray), ("Volume [ml]", vtk.vtkDoubleArray), ("Voxels", vtk.vtkIntArray))
+            columns = (("Structure", vtk.vtkStringArray), ("Volume [ml]", vtk.vtkDoubleArray), ("Voxels", vtk.vtkIntArray))
             arrays = []
             for title, cls in columns:
                 array = cls()
                 array.SetName(title)
                 arrays.append(array)
-            for spec in mrml.SEGMENTS:
-                arrays[0].InsertNextValue(spec.name)
-                arrays[1].InsertNextValue(volumes[spec.name])
-                arrays[2].InsertNextValue(voxels[spec.name])
+            for row in volumes.rows():
+                for array, value in zip(arrays, row):
+                    array.InsertNextValue(value)
             for array in arrays:
                 table.AddColumn(array)
             table.SetColumnUnitLabel("Volume [ml]", "ml")
-            table.SetColumnDescription("Volume [ml]", "segment volume: voxel count x voxel volume of the input CT")
+            table.SetColumnDescription("Volume [ml]", "voxel count x voxel volume of the input CT; the liver includes its tumours")
             table.SetUseColumnTitleAsColumnHeader(True)
             table.SetLocked(True)
         finally:
             table.EndModify(was_modifying)
         return table
-
-
-def segment_volumes(labels: Volume) -> Tuple[Dict[str, int], Dict[str, float]]:
-    """Voxel counts and volumes in ml of "Liver" (label 1, tumours excluded) and "Liver tumor" (label 2)."""
-    counts = np.bincount(np.asarray(labels.array).ravel(), minlength=3)
-    voxels = {spec.name: int(counts[spec.label]) for spec in mrml.SEGMENTS}
-    return voxels, {name: n * labels.voxel_ml for name, n in voxels.items()}
 
 
 class SceneTransaction:
@@ -591,7 +583,6 @@ __all__ = [
     "SceneTransaction",
     "available_segmenters",
     "missing_packages",
-    "segment_volumes",
     "render_segmentation_png",
     "offscreen_rendering_available",
     "offscreen_backend_default",

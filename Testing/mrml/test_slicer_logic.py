@@ -18,7 +18,7 @@ from LiverSegLib.segmenters import create_segmenter
 def test_segment_phantom(ctx, scene, tmp_path):
     info = scenarios.scenario_segment_phantom(ctx, tmp_path)
     assert info["points"]["Liver"] > 50 and info["points"]["Liver tumor"] > 50
-    assert info["volumes_ml"]["Liver"] > 100
+    assert info["liver_ml"] > 100
 
 
 def test_segment_phantom_oblique_lps(ctx, scene, tmp_path):
@@ -99,15 +99,23 @@ def test_unknown_method_and_device(ctx, scene, tmp_path):
     assert ctx.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
-def test_segment_volumes_in_ml():
-    from LiverSegLib.volume import Volume
+def test_table_and_cli_report_the_same_liver_volume(ctx, scene, tmp_path, monkeypatch, capsys):
+    """One labelmap with a tumour inside the liver: the Slicer table, the CLI's line and metrics give the
+    same liver volume, its tumour included (the table used to count label 1 only)."""
+    from LiverSegLib import cli, metrics, segmenters
 
-    labels = np.zeros((10, 10, 10), np.uint8)
-    labels[:5] = 1
-    labels[0, 0, :4] = 2
-    voxels, ml = slicer_logic.segment_volumes(Volume(labels, np.diag([2.0, 2.0, 2.5, 1.0])))
-    assert voxels == {"Liver": 496, "Liver tumor": 4}
-    assert ml == pytest.approx({"Liver": 496 * 0.01, "Liver tumor": 0.04})
+    node, ct, labels = scenarios.load_phantom(ctx, tmp_path)
+    tumour_ml = np.count_nonzero(labels.array == 2) * ct.voxel_ml
+    assert tumour_ml > 2  # larger than the CLI's rounding to whole ml
+    result = slicer_logic.LiverSegLogic(ctx).run(node, scenarios.OracleSegmenter(labels.array), show_3d=False)
+    table_liver_ml = result.table_node.GetTable().GetValueByName(0, "Volume [ml]").ToDouble()
+    assert table_liver_ml == pytest.approx(np.count_nonzero(labels.array) * ct.voxel_ml)
+    assert metrics.volumes_ml(labels.array, ct.voxel_ml)["liver_ml"] == pytest.approx(table_liver_ml)
+
+    monkeypatch.setattr(segmenters, "create_segmenter", lambda *args, **kwargs: scenarios.OracleSegmenter(labels.array))
+    ct_file = next(tmp_path.glob("*.nii.gz"))
+    assert cli.main(["segment", str(ct_file), "-o", str(tmp_path / "labels.nii.gz"), "--method", "em"]) == 0
+    assert f": liver {table_liver_ml:.0f} ml (" in capsys.readouterr().out
 
 
 def test_available_segmenters_lists_only_creatable():

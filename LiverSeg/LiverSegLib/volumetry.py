@@ -1,0 +1,64 @@
+"""The one definition of LiverSeg's volumes, read by the CLI, the Slicer table, and the evaluation reports.
+
+The liver includes its tumours (labels 1 and 2, as the MSD/LiTS labels count the organ); the parenchyma
+is the liver without them (label 1); the tumour is label 2. Kept free of torch and MONAI so the Slicer
+side can import it before those are installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+
+PARENCHYMA_LABEL, TUMOUR_LABEL = 1, 2
+"""Label values of the labelmaps LiverSeg reads and writes (0 is background)."""
+
+
+@dataclass(frozen=True)
+class LiverVolumes:
+    """Voxel counts of one labelmap and the voxel volume they are measured in."""
+
+    parenchyma_voxels: int
+    tumour_voxels: int
+    voxel_ml: float
+
+    @property
+    def liver_voxels(self) -> int:
+        """The liver including its tumours."""
+        return self.parenchyma_voxels + self.tumour_voxels
+
+    @property
+    def liver_ml(self) -> float:
+        """Liver volume in mL, its tumours included."""
+        return self.liver_voxels * self.voxel_ml
+
+    @property
+    def parenchyma_ml(self) -> float:
+        """Liver parenchyma in mL: the liver without its tumours."""
+        return self.parenchyma_voxels * self.voxel_ml
+
+    @property
+    def tumour_ml(self) -> float:
+        """All liver tumours together, in mL."""
+        return self.tumour_voxels * self.voxel_ml
+
+    def rows(self) -> Tuple[Tuple[str, float, int], ...]:
+        """(title, mL, voxels) of the liver, its parenchyma and its tumours: what a table of them shows."""
+        return (
+            ("Liver (including tumours)", self.liver_ml, self.liver_voxels),
+            ("Liver parenchyma", self.parenchyma_ml, self.parenchyma_voxels),
+            ("Liver tumours", self.tumour_ml, self.tumour_voxels),
+        )
+
+    def summary(self) -> str:
+        """One line for a status bar or a terminal."""
+        return f"liver {self.liver_ml:.0f} ml (parenchyma {self.parenchyma_ml:.0f} ml + tumour {self.tumour_ml:.1f} ml)"
+
+
+def liver_volumes(labels: np.ndarray, voxel_ml: float) -> LiverVolumes:
+    """Measure a labelmap (any shape; values 0/1/2, others ignored) whose voxels hold ``voxel_ml`` each."""
+    labels = np.asarray(labels)
+    return LiverVolumes(int(np.count_nonzero(labels == PARENCHYMA_LABEL)),
+                        int(np.count_nonzero(labels == TUMOUR_LABEL)), float(voxel_ml))
