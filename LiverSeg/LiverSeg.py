@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict
 
 import qt
 import slicer
@@ -39,7 +39,6 @@ except ImportError:  # Slicer < 5.4
 MODULE_DIR = Path(__file__).resolve().parent
 SETTINGS_MODELS = "LiverSeg/TrainedModels"
 """QSettings group: deep method name -> checkpoint path, written by the LiverSegTraining module."""
-PIP_NAMES = {"sklearn": "scikit-learn", "SimpleITK": "SimpleITK", "monai": "monai==1.6.1"}
 
 
 #
@@ -71,41 +70,31 @@ class LiverSeg(ScriptedLoadableModule):
 #
 
 
-def ensureDependencies(deep: bool = False, ask: bool = True, install: bool = True) -> bool:
-    """True when LiverSegLib imports and (with ``deep``) torch and monai are there. With ``install``, what
-    is missing is installed first, after asking when ``ask`` (torch through the PyTorch extension's helper
-    when that extension is installed, everything else with pip)."""
-    for _attempt in range(6):  # each missing import the library hits is installed, then tried again
-        try:
-            importlib.import_module("LiverSegLib.slicer_logic")
-            break
-        except ModuleNotFoundError as exc:
-            if not exc.name or exc.name.startswith("LiverSegLib"):
-                raise
-            if not install or not _install([(exc.name, PIP_NAMES.get(exc.name, exc.name))], ask):
-                return False
-    else:
-        return False
-    from LiverSegLib.slicer_logic import missing_packages
+def ensureDependencies(ask: bool = True, install: bool = True) -> bool:
+    """True when every package of ``LiverSegLib.dependencies.REQUIREMENTS`` imports here (torch and MONAI
+    included: every method needs them). With ``install``, what is missing is installed first, after asking
+    when ``ask``: torch through the PyTorch extension's helper when that extension is installed (it picks
+    the build for the machine's GPU), everything else with pip."""
+    from LiverSegLib.dependencies import missing
 
-    missing = missing_packages(deep=deep)
-    if not missing:
+    absent = missing()
+    if not absent:
         return True
-    return install and _install(missing, ask) and not missing_packages(deep=deep)
+    return install and _install(absent, ask) and not missing()
 
 
-def _install(packages: List[Tuple[str, str]], ask: bool) -> bool:
-    names = ", ".join(requirement for _name, requirement in packages)
+def _install(packages: Dict[str, str], ask: bool) -> bool:
+    """Install ``packages`` (import name -> requirement, in table order: torch before MONAI)."""
+    names = ", ".join(packages.values())
     if ask and not slicer.util.confirmOkCancelDisplay(
-        _("LiverSeg needs these Python packages: {names}.\nInstall them now? (This can take several minutes.)").format(
-            names=names
-        ),
+        _("LiverSeg needs these Python packages for every method: {names}.\n"
+          "Install them now? (This can take several minutes.)").format(names=names),
         windowTitle=_("LiverSeg dependencies"),
     ):
         return False
     try:
         with slicer.util.WaitCursor():
-            for name, requirement in packages:
+            for name, requirement in packages.items():
                 if name == "torch" and _installTorchWithPyTorchUtils():
                     continue
                 slicer.util.pip_install(requirement)
@@ -270,12 +259,20 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshMethods(install=True)
 
     def refreshMethods(self, install: bool) -> bool:
-        """List the segmenters that can run here; with ``install``, offer to install missing packages first."""
+        """List the segmenters that can run here; with ``install``, offer to install missing packages first.
+        While a package is missing the list stays empty and the status line names what is missing."""
         self._methodsListed = True
-        if not ensureDependencies(deep=False, install=install):
-            self.setStatus(_("LiverSeg needs a few Python packages: press Segment liver (or Refresh) to install them."))
+        if not ensureDependencies(install=install):
+            from LiverSegLib.dependencies import missing
+
+            self.setStatus(
+                _("Every method needs these Python packages: {names}. Press Refresh or Segment liver to install them.").format(
+                    names=", ".join(missing())
+                ),
+                error=True,
+            )
             return False
-        from LiverSegLib.slicer_logic import available_segmenters, missing_packages
+        from LiverSegLib.slicer_logic import available_segmenters
 
         with slicer.util.WaitCursor():
             methods = available_segmenters(trainedModels(), self._parameterNode.GetParameter("Device") or "auto")
@@ -285,8 +282,8 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.methodComboBox.addItem(f"{name}: {description}", name)
             self.ui.methodComboBox.setItemData(self.ui.methodComboBox.count - 1, description, qt.Qt.ToolTipRole)
         self.ui.methodComboBox.blockSignals(False)
-        if missing_packages(deep=True):
-            self.setStatus(_("Deep segmenters need PyTorch and MONAI; they are listed once installed."))
+        if not methods:
+            self.setStatus(_("No segmenter can be created here, not even EM (which needs no model)."), error=True)
         self.updateParameterNodeFromGUI()
         self.updateGUIFromParameterNode()
         return self.ui.methodComboBox.count > 0
@@ -298,7 +295,7 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         method = p.GetParameter("Method")
-        if not ensureDependencies(deep=method != "em"):
+        if not ensureDependencies():
             self.setStatus(_("Missing Python packages: not started."))
             return
         from LiverSegLib.errors import LiverSegError
@@ -462,7 +459,7 @@ class LiverSegTest(ScriptedLoadableModuleTest):
 
     def runScenario(self, name):
         self.delayDisplay(f"LiverSeg: {name}")
-        self.assertTrue(ensureDependencies(deep=False, install=False), "LiverSeg's Python packages are not installed")
+        self.assertTrue(ensureDependencies(install=False), "LiverSeg's Python packages are not installed")
         scenarioDir = str(MODULE_DIR / "Testing" / "Python")
         if scenarioDir not in sys.path:
             sys.path.insert(0, scenarioDir)

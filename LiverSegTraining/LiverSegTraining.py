@@ -185,7 +185,7 @@ class LiverSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startTraining(resume=True)
 
     def startTraining(self, resume: bool):
-        if not _liverseg().ensureDependencies(deep=True):
+        if not _liverseg().ensureDependencies():
             self.setStatus(_("Training needs PyTorch and MONAI: not started."), error=True)
             return
         from LiverSegLib.errors import LiverSegError
@@ -339,7 +339,7 @@ class LiverSegTrainingTest(ScriptedLoadableModuleTest):
 
     def runScenario(self, name):
         self.delayDisplay(f"LiverSegTraining: {name}")
-        self.assertTrue(_liverseg().ensureDependencies(deep=False, install=False), "LiverSeg's Python packages are missing")
+        self.assertTrue(_liverseg().ensureDependencies(install=False), "LiverSeg's Python packages are missing")
         scenarioDir = str(MODULE_DIR / "Testing" / "Python")
         if scenarioDir not in sys.path:
             sys.path.insert(0, scenarioDir)

@@ -3,6 +3,7 @@ The Slicer table's side is in Testing/mrml/test_slicer_logic.py (it needs slicer
 
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,6 +62,6 @@ def test_volumetry_imports_neither_torch_nor_monai():
     """The Slicer side reads it before torch and MONAI may be installed."""
     code = "import sys, LiverSegLib.volumetry; print(sorted(m for m in ('torch', 'monai') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(__import__("conftest").REPOSITORY / "LiverSeg"))
+                         cwd=str(Path(__file__).resolve().parents[1] / "LiverSeg"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

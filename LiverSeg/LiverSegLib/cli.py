@@ -1,7 +1,7 @@
 """The ``liverseg`` command: segment a CT, evaluate a segmenter on a dataset, train a deep segmenter.
 
-Exit status: 0 success, 2 bad input or unavailable method (one line on stderr naming the problem and
-the fix), 130 interrupted.
+Exit status: 0 success, 2 bad input, unavailable method or missing Python packages (one line on stderr
+naming the problem and the fix), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import __version__
+from .dependencies import require
 from .errors import LiverSegError
 from .segmenters import SEGMENTERS, default_method
 
@@ -204,8 +205,9 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        require()  # before the parser, which imports the training module and so torch
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except LiverSegError as error:
         print(f"liverseg: error: {error}", file=sys.stderr)

@@ -16,7 +16,6 @@ Typical use (blocking, for scripts)::
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -29,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import mrml
+from .dependencies import require
 from .errors import CancelledError, LiverSegError
 from .segmenters import SEGMENTERS, Segmenter, create_segmenter, default_method, measured_liver_dice
 from .volume import Volume, check_ct
@@ -39,29 +39,17 @@ VOLUMES_TABLE_ROLE = "LiverSegVolumesTable"
 
 DEVICES = ("auto", "cpu", "cuda")
 
-# import name -> pip requirement; what the core library and the EM segmenter need, and the deep ones too
-CORE_PACKAGES: Tuple[Tuple[str, str], ...] = (
-    ("numpy", "numpy"),
-    ("scipy", "scipy"),
-    ("nibabel", "nibabel"),
-    ("SimpleITK", "SimpleITK"),
-    ("sklearn", "scikit-learn"),
-)
-DEEP_PACKAGES: Tuple[Tuple[str, str], ...] = (("torch", "torch"), ("monai", "monai==1.6.1"))
-
-
-def missing_packages(deep: bool = True) -> List[Tuple[str, str]]:
-    """(import name, pip requirement) of each Python package LiverSeg needs that cannot be imported here."""
-    wanted = CORE_PACKAGES + (DEEP_PACKAGES if deep else ())
-    return [(name, requirement) for name, requirement in wanted if importlib.util.find_spec(name) is None]
-
 
 def available_segmenters(model_paths: Optional[Dict[str, str]] = None, device: str = "auto") -> List[Tuple[str, str]]:
     """(name, description) of each segmenter that can be created here, in registry order.
 
-    A deep segmenter counts when ``create_segmenter`` succeeds with its model (from ``model_paths`` or its
-    default); those whose code, dependency or model is missing are left out.
+    A segmenter counts when ``create_segmenter`` succeeds with its model (from ``model_paths`` or its
+    default); one that cannot be created (its model is missing, say) is left out.
+
+    Raises:
+        MissingDependenciesError: a package every segmenter needs is missing (the list would be empty).
     """
+    require()
     out = []
     for name, (_, _, description) in SEGMENTERS.items():
         try:
@@ -193,8 +181,9 @@ class LiverSegLogic:
             segmentation_name: name of a new segmentation node (default "<volume> liver").
 
         Raises:
-            LiverSegError: bad input (scene untouched).
+            LiverSegError: bad input, or a missing Python package (scene untouched).
         """
+        require()
         ct = self.read_input(volume_node)
         method = method if method is not None else default_method()
         if device not in DEVICES:
@@ -582,7 +571,6 @@ __all__ = [
     "SegmentationResult",
     "SceneTransaction",
     "available_segmenters",
-    "missing_packages",
     "render_segmentation_png",
     "offscreen_rendering_available",
     "offscreen_backend_default",

@@ -129,10 +129,6 @@ def test_available_segmenters_lists_only_creatable():
         assert "em" not in names
 
 
-def test_missing_packages_here():
-    assert slicer_logic.missing_packages(deep=False) == []  # the venv has the core dependencies
-
-
 @pytest.fixture(scope="module")
 def rendering():
     ok, detail = slicer_logic.offscreen_rendering_available()

@@ -228,7 +228,7 @@ def test_liverseg_logic_wrapper(desktop, ctx, tmp_path):
     result = logic.core.wait(job, timeout=30)
     assert logic.poll(job) is result
     scenarios.check_segmentation(ctx, result, node, expected=labels.array)
-    assert module.ensureDependencies(deep=False, install=False)
+    assert module.ensureDependencies(install=False)
 
 
 def test_liverseg_self_test_class(desktop):
