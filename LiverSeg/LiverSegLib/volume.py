@@ -90,7 +90,9 @@ def load_volume(path: str | os.PathLike) -> Volume:
         raise LiverSegError(f"{path}: no such file or folder; check the path")
     try:
         if path.is_dir():
-            volume = _read_dicom_series(path)
+            from .dicom import read_series  # imports SimpleITK and scipy, needed only for DICOM
+
+            volume = read_series(path)
         elif suffix_of(path) in NIFTI_SUFFIXES:
             volume = _read_nifti(path)
         else:
@@ -106,6 +108,7 @@ def load_volume(path: str | os.PathLike) -> Volume:
             "re-export it from the scanner or viewer"
         ) from exc
     _check_3d_scalar(volume.array, str(path))
+    _check_affine(volume.affine, str(path))
     if volume.array.ndim == 4:  # NIfTI stores some 3D images with a singleton 4th axis
         volume = Volume(volume.array[..., 0], volume.affine)
     return volume
@@ -121,37 +124,11 @@ def _read_nifti(path: Path) -> Volume:
 def _read_with_simpleitk(path: Path) -> Volume:
     import SimpleITK as sitk
 
-    return _from_simpleitk(sitk.ReadImage(str(path)))
+    return from_simpleitk(sitk.ReadImage(str(path)))
 
 
-def _read_dicom_series(folder: Path) -> Volume:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise LiverSegError(f"{folder}: no DICOM series in this folder; point to the folder that holds the .dcm files")
-    if len(series) > 1:
-        described = "; ".join(_describe_series(folder, series_id) for series_id in series)
-        raise LiverSegError(f"{folder}: holds {len(series)} DICOM series ({described}); put one series per folder")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return _from_simpleitk(reader.Execute())
-
-
-def _describe_series(folder: Path, series_id: str) -> str:
-    """A series as a person can find it in a viewer: UID, description and number of files. GDCM's series id
-    is the SeriesInstanceUID, empty for files without one."""
-    import SimpleITK as sitk
-
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
-    header = sitk.ImageFileReader()
-    header.SetFileName(files[0])
-    header.ReadImageInformation()
-    description = header.GetMetaData("0008|103e").strip() if header.HasMetaDataKey("0008|103e") else ""
-    return f"SeriesInstanceUID {series_id or '(none)'} \"{description or 'no description'}\" ({len(files)} files)"
-
-
-def _from_simpleitk(image) -> Volume:
+def from_simpleitk(image) -> Volume:
+    """A SimpleITK image as a Volume: array axes reversed to (i, j, k), geometry from LPS to RAS."""
     import SimpleITK as sitk
 
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -184,6 +161,19 @@ def _check_3d_scalar(array: np.ndarray, name: str) -> None:
                             "(a single series, not one slice and not a time series)")
     if array.dtype.fields is not None or array.dtype.kind not in "iuf":
         raise LiverSegError(f"{name}: voxel type {array.dtype} is not scalar (RGB?); LiverSeg needs a greyscale CT in HU")
+
+
+def _check_affine(affine: np.ndarray, name: str) -> None:
+    """Refuse a voxel-to-patient matrix that places no voxel: MONAI's reorientation would fail on it with a
+    traceback, and any volume computed from it would be meaningless."""
+    problem = ""
+    if not np.isfinite(affine).all():
+        problem = "holds NaN or infinite values"
+    elif np.linalg.svd(affine[:3, :3], compute_uv=False).min() < 1e-6:
+        problem = "is singular (a voxel size of 0, or two axes along one direction)"
+    if problem:
+        raise LiverSegError(f"{name}: the affine (voxel-to-patient matrix of the header) {problem}; fix the "
+                            "header's spacing and orientation (sform/qform) or export the CT again")
 
 
 def check_ct(array: np.ndarray, name: str) -> None:
