@@ -1,5 +1,5 @@
-"""Checkpoints: round trip, weights-only loading, clear errors for damaged, foreign or wrong-method files,
-atomic writes that survive a full disk, and the shipped-model lookup."""
+"""Checkpoints: round trip, weights-only loading, clear errors for damaged, foreign or wrong-method files and
+for malformed configurations, atomic writes that survive a full disk, and the shipped-model lookup."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import hashlib
 import json
 import pathlib
 from pathlib import Path
+from typing import Any, Callable, Dict
 
+import numpy as np
 import pytest
 import torch
 
 from LiverSegLib import checkpoint as checkpoint_module
-from LiverSegLib.checkpoint import Checkpoint
+from LiverSegLib.checkpoint import Checkpoint, config_problems
 from LiverSegLib.errors import LiverSegError, MethodUnavailableError
 from LiverSegLib.segmenters import create_segmenter
 from LiverSegLib.segmenters.deep import deep_segmenter_class
@@ -71,8 +73,15 @@ class _Payload:
 def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"format": "liverseg-checkpoint", "payload": _Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(LiverSegError, match="not a readable LiverSeg checkpoint"):
-        Checkpoint.load(tmp_path / "evil.pt")
+    torch.save({"format": "liverseg-checkpoint", "state_dict": {"w": np.zeros(3)}}, tmp_path / "numpy.pt")
+    for name in ("evil.pt", "numpy.pt"):
+        with pytest.raises(LiverSegError, match="not a LiverSeg checkpoint, or one holding objects other than") as error:
+            Checkpoint.load(tmp_path / name)
+        message = str(error.value)
+        assert message.startswith(str(tmp_path / name)) and "could run code" in message and "liverseg train" in message
+        # never PyTorch's hint: a user told to set weights_only=False would run the file's code
+        assert "weights_only" not in message and "trust" not in message and "\x1b" not in message
+    assert "(numpy." in message  # names what the file holds
     assert not marker.exists()
 
 
@@ -82,9 +91,11 @@ def test_truncated_and_foreign_files_give_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.pt").write_text("not a model\n")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    for name in ("truncated.pt", "text.pt"):
-        with pytest.raises(LiverSegError, match="truncated or not a LiverSeg model"):
-            create_segmenter("unet", model_path=str(tmp_path / name), device="cpu")
+    with pytest.raises(LiverSegError, match="truncated or not a LiverSeg model"):
+        create_segmenter("unet", model_path=str(tmp_path / "truncated.pt"), device="cpu")
+    with pytest.raises(LiverSegError, match="text.pt: not a LiverSeg checkpoint") as error:
+        create_segmenter("unet", model_path=str(tmp_path / "text.pt"), device="cpu")
+    assert "weights_only" not in str(error.value)
     with pytest.raises(LiverSegError, match="not a LiverSeg checkpoint"):
         create_segmenter("unet", model_path=str(tmp_path / "other.pt"), device="cpu")
     with pytest.raises(LiverSegError, match="no such checkpoint"):
@@ -104,6 +115,87 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
     loaded.save(tmp_path / "edited.pt")
     with pytest.raises(LiverSegError, match="do not fit the network"):
         create_segmenter("unet", model_path=str(tmp_path / "edited.pt"), device="cpu")
+
+
+def _edit(changes: Dict[str, Any]) -> Callable[[Dict[str, Any]], None]:
+    """An edit of a saved config: {"network.channels": value} sets it, a value of ``...`` deletes the key."""
+
+    def edit(config: Dict[str, Any]) -> None:
+        for dotted, value in changes.items():
+            *parents, key = dotted.split(".")
+            target = config
+            for parent in parents:
+                target = target[parent]
+            if value is ...:
+                del target[key]
+            else:
+                target[key] = value
+
+    return edit
+
+
+NAN = float("nan")
+MALFORMED = {  # edit of the tiny U-Net's config (spacing 6 6 9, patch 32, channels 16..256): the message
+    "missing network key": (_edit({"network.num_res_units": ...}), r"config\.network\.num_res_units: missing"),
+    "extra network key": (_edit({"network.dropout": 0.2}),
+                          r"config\.network\.dropout: unknown \(expected channels, strides, num_res_units\)"),
+    "channel count 0": (_edit({"network.channels": [0, 32, 64, 128, 256]}),
+                        r"config\.network = .*: builds 11 layer\(s\) without weights; channel counts must be positive"),
+    "absurd channel count": (_edit({"network.channels": [16, 32, 64, 128, 10**6]}),
+                             r"config\.network = .*: builds 5,\d{3},\d{3},\d{3} weights, more than the 1,000,000,000"),
+    "negative channel count": (_edit({"network.channels": [-16, 32, 64, 128, 256]}),
+                               r"config\.network = .*: the unet network cannot be built from it \(RuntimeError"),
+    "fractional channel count": (_edit({"network.channels": [16.5, 32, 64, 128, 256]}),
+                                 r"config\.network\.channels = \[16\.5, .*\] is not Sequence\[int\]"),
+    "NaN in the network": (_edit({"network.num_res_units": NAN}), r"config\.network\.num_res_units = nan is not int"),
+    "strides and channels disagree": (_edit({"network.strides": [2, 2, 2]}), r"cannot be built .*length of `strides`"),
+    "spacing 0": (_edit({"preprocessing.spacing": [0.0, 6.0, 9.0]}),
+                  r"config\.preprocessing\.spacing = \[0\.0, 6\.0, 9\.0\]: sizes must be positive finite"),
+    "negative spacing": (_edit({"preprocessing.spacing": [6.0, -6.0, 9.0]}), r"preprocessing\.spacing = .*must be positive"),
+    "NaN spacing": (_edit({"preprocessing.spacing": [6.0, NAN, 9.0]}), r"preprocessing\.spacing = \[6\.0, nan, 9\.0\]"),
+    "spacing of 2 axes": (_edit({"preprocessing.spacing": [6.0, 6.0]}),
+                          r"preprocessing\.spacing = \[6\.0, 6\.0\] is not Optional\[Tuple\[float, float, float\]\]"),
+    "spacing and resize": (_edit({"preprocessing.resize": [32, 32, 32]}), r"config\.preprocessing: give exactly one of"),
+    "patch size 0": (_edit({"preprocessing.patch_size": [0, 32, 32]}), r"preprocessing\.patch_size = \[0, 32, 32\]: sizes must"),
+    "patch size off the network's multiple": (_edit({"preprocessing.patch_size": [24, 32, 32]}),
+                                              r"preprocessing\.patch_size = \[24, 32, 32\]: .* multiple of 16"),
+    "HU window low = high": (_edit({"preprocessing.hu_window": [100.0, 100.0]}), r"hu_window = \[100\.0, 100\.0\]: needs finite low < high"),
+    "HU window reversed": (_edit({"preprocessing.hu_window": [300.0, -200.0]}), r"hu_window = \[300\.0, -200\.0\]: needs finite low"),
+    "NaN HU window": (_edit({"preprocessing.hu_window": [NAN, 300.0]}), r"hu_window = \[nan, 300\.0\]: needs finite"),
+    "missing preprocessing key": (_edit({"preprocessing.patch_size": ...}), r"config\.preprocessing\.patch_size: missing"),
+    "unknown method": (_edit({"method": "resnet"}), r"config\.method: method 'resnet' is not a trainable network"),
+}
+
+
+@pytest.mark.parametrize("edit, expected", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_configuration_is_refused_naming_the_field_and_the_fix(
+    tmp_path: Path, edit: Callable[[Dict[str, Any]], None], expected: str
+) -> None:
+    _unet_checkpoint(tmp_path / "unet.pt")
+    data = torch.load(tmp_path / "unet.pt", weights_only=True)
+    edit(data["config"])
+    torch.save(data, tmp_path / "edited.pt")
+    with pytest.raises(LiverSegError, match=expected) as error:
+        Checkpoint.load(tmp_path / "edited.pt")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'edited.pt'}: invalid checkpoint configuration: ")
+    assert message.endswith("retrain the model with `liverseg train`, or use the shipped model (leave out --model)")
+
+
+def test_a_configuration_that_is_no_dictionary_is_refused(tmp_path: Path) -> None:
+    _unet_checkpoint(tmp_path / "unet.pt")
+    data = torch.load(tmp_path / "unet.pt", weights_only=True)
+    data["config"] = None
+    torch.save(data, tmp_path / "edited.pt")
+    with pytest.raises(LiverSegError, match="invalid checkpoint configuration: config = None is not a dictionary"):
+        create_segmenter("unet", model_path=str(tmp_path / "edited.pt"), device="cpu")
+
+
+@pytest.mark.parametrize("method", ["unet", "autoencoder", "vae", "vitautoenc"])
+def test_every_preset_passes_the_checks(method: str) -> None:
+    cls = deep_segmenter_class(method)
+    for preset in cls.presets:
+        assert config_problems(cls.preset_config(preset).to_dict()) == []
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

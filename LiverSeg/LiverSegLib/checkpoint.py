@@ -17,27 +17,38 @@ A checkpoint is a ``torch.save`` of a plain dictionary::
     }
 
 Everything but tensors is a JSON-able primitive, so :func:`Checkpoint.load` reads files with
-``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run code on load.
+``torch.load(weights_only=True)``: a checkpoint from an untrusted source cannot run code on load. The
+configuration is then checked (:func:`config_problems`) before anything is built from it, so an edited or
+foreign file is refused naming the field to blame, not met with a traceback or a silently different network.
 Writes go to a temporary file beside the target, are flushed to disk and then renamed over it, so a
 crash or a full disk mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
+import inspect
 import json
+import math
 import os
 import pickle
+import re
+import typing
+import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
 
 from .errors import LiverSegError, MethodUnavailableError
 from .volume import atomic_output
+
+if TYPE_CHECKING:  # only for annotations: the segmenters import this module
+    from .segmenters.deep import DeepSegmenter
 
 FORMAT = "liverseg-checkpoint"
 VERSION = 1
@@ -49,6 +60,12 @@ MANIFEST = "models.json"
 """{method: {"file": "<method>.pt", "sha256": ...}} for the shipped models, written by `make models`."""
 MEASURED = "measured.json"
 """{method: mean unseen liver Dice} of the shipped models, written by `make report`; picks the default method."""
+
+MAX_PARAMETERS = 10**9
+"""A configuration building more weights (4 GB of float32, over ten times the largest preset) is refused as absurd."""
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+"""The object torch's weights-only unpickler names when it refuses a file."""
 
 
 @dataclass(frozen=True)
@@ -148,16 +165,25 @@ class Checkpoint:
             method: if given, the method the checkpoint must hold (``"unet"``, ...).
 
         Raises:
-            LiverSegError: missing, truncated or foreign file, or a checkpoint of another method.
+            LiverSegError: missing, truncated or foreign file, a malformed configuration, or a checkpoint of
+                another method.
         """
         path = Path(path)
         if not path.is_file():
             raise LiverSegError(f"{path}: no such checkpoint file; check the --model path")
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError) as exc:
-            # A truncated download, a non-PyTorch file, or a pickle holding objects other than tensors
-            # and primitives (refused by weights_only: it could run code).
+        except pickle.UnpicklingError as exc:
+            # The weights-only unpickler refused the file: not a pickle of tensors and primitives (it could run
+            # code). Torch's own message suggests weights_only=False, which a user must not be told to do.
+            found = _REFUSED_GLOBAL.search(str(exc))
+            raise LiverSegError(
+                f"{path}: not a LiverSeg checkpoint, or one holding objects other than weights and plain values"
+                f"{f' ({found.group(1)})' if found else ''}, which LiverSeg does not load because unpickling them "
+                "could run code; use a checkpoint written by `liverseg train`, or the shipped model (leave out --model)"
+            ) from None
+        except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, KeyError) as exc:
+            # A truncated download or a file that is no PyTorch archive.
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LiverSegError(
                 f"{path}: not a readable LiverSeg checkpoint ({reason[:200]}); the file may be truncated or "
@@ -170,10 +196,13 @@ class Checkpoint:
                 f"{path}: checkpoint format version {data.get('version')} is not supported by this LiverSeg "
                 f"(reads version {VERSION}); update LiverSeg or retrain the model"
             )
-        try:
-            config = ModelConfig.from_dict(data["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LiverSegError(f"{path}: checkpoint configuration is incomplete ({exc}); retrain the model") from exc
+        problems = config_problems(data.get("config"))
+        if problems:
+            raise LiverSegError(
+                f"{path}: invalid checkpoint configuration: {'; '.join(problems)}; the file was edited or written by "
+                "another program: retrain the model with `liverseg train`, or use the shipped model (leave out --model)"
+            )
+        config = ModelConfig.from_dict(data["config"])
         if method is not None and config.method != method:
             raise LiverSegError(
                 f"{path}: holds a '{config.method}' model, not '{method}'; use --method {config.method} "
@@ -181,6 +210,136 @@ class Checkpoint:
             )
         training, metrics = data.get("training") or {}, data.get("metrics") or {}
         return cls(config, data["state_dict"], training, metrics, data.get("resume"))
+
+
+def config_problems(config: Any) -> List[str]:
+    """Everything wrong with a checkpoint's ``config`` (as saved: a plain dict), each naming its field.
+
+    Checked before anything is built from it: the layout of :class:`ModelConfig`; a grid, window and patch
+    size an image can have; and a network its segmenter's ``build_network`` takes (its keyword parameters are
+    the allowed keys), builds, and that is not absurdly large, with patch sides its size multiple fits.
+    """
+    # In stages, each reporting all it finds: the values need the layout, the network build needs the patch size.
+    return (
+        _layout_problems(config, ModelConfig, "config")
+        or _preprocessing_problems(config["preprocessing"])
+        or _network_problems(config)
+    )
+
+
+def _layout_problems(value: Any, hint: Any, name: str) -> List[str]:
+    """``value`` against the type ``hint``; a dataclass is a dict of exactly its fields."""
+    if is_dataclass(hint):
+        return _fields_problems(value, typing.get_type_hints(hint), [f.name for f in fields(hint)], name)
+    return [] if _fits(value, hint) else [f"{name} = {value!r} is not {_describe(hint)}"]
+
+
+def _fields_problems(value: Any, hints: Dict[str, Any], required: Collection[str], name: str) -> List[str]:
+    """``value`` as a dict of the fields ``hints`` types (``required`` ones present, no others)."""
+    if not isinstance(value, dict):
+        return [f"{name} = {value!r} is not a dictionary"]
+    return (
+        [f"{name}.{key}: missing" for key in required if key not in value]
+        + [f"{name}.{key}: unknown (expected {', '.join(hints)})" for key in value if key not in hints]
+        + [p for key, hint in hints.items() if key in value for p in _layout_problems(value[key], hint, f"{name}.{key}")]
+    )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a saved (JSON-like) value has the type ``hint``, for the typing forms configurations use.
+
+    Raises:
+        TypeError: a form this check does not know: extend it with the configuration that uses it.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None) or hint in (str, bool):
+        return type(value) is hint
+    if hint in (int, float):  # a bool is no number here; an int is a float (JSON writes 2.0 as 2)
+        return not isinstance(value, bool) and isinstance(value, int if hint is int else (int, float))
+    if origin is typing.Union:
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_fits, value, args))
+    if origin in (list, collections.abc.Sequence):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    raise TypeError(f"no check for configuration type {hint}")
+
+
+def _describe(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _preprocessing_problems(prep: Dict[str, Any]) -> List[str]:
+    """Values no working grid, window or patch can have (their types are checked already)."""
+    problems = [
+        f"config.preprocessing.{key} = {prep[key]}: sizes must be positive finite numbers"
+        for key in ("spacing", "resize", "patch_size")
+        if prep[key] is not None and not all(math.isfinite(v) and v > 0 for v in prep[key])
+    ]
+    low, high = prep["hu_window"]
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        problems.append(f"config.preprocessing.hu_window = {prep['hu_window']}: needs finite low < high HU")
+    try:
+        Preprocessing(**prep)
+    except ValueError as exc:  # what the class itself refuses (spacing and resize both given, or neither)
+        problems.append(f"config.preprocessing: {exc}")
+    return problems
+
+
+def _network_problems(config: Dict[str, Any]) -> List[str]:
+    """The network keys against its builder's signature, then the network built with shapes only."""
+    from .segmenters.deep import deep_segmenter_class  # here: the segmenters import this module
+
+    try:
+        segmenter = deep_segmenter_class(config["method"])
+    except LiverSegError as exc:
+        return [f"config.method: {exc}"]
+    hints, required = _builder_fields(segmenter.build_network)
+    network = config["network"]
+    return _fields_problems(network, hints, required, "config.network") or _build_problems(
+        segmenter, network, tuple(config["preprocessing"]["patch_size"])
+    )
+
+
+def _builder_fields(builder: Callable[..., Any]) -> Tuple[Dict[str, Any], List[str]]:
+    """The network keys ``builder`` takes, typed, and those without a default (``patch_size`` is not one:
+    it comes from the preprocessing)."""
+    parameters = {
+        name: parameter for name, parameter in inspect.signature(builder).parameters.items()
+        if name != "patch_size" and parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    hints = typing.get_type_hints(builder)
+    required = [name for name, parameter in parameters.items() if parameter.default is parameter.empty]
+    return {name: hints.get(name, Any) for name in parameters}, required
+
+
+def _build_problems(segmenter: Type[DeepSegmenter], network: Dict[str, Any], patch_size: Tuple[int, ...]) -> List[str]:
+    """What building ``segmenter``'s network from ``network`` shows: arguments it refuses, empty or
+    absurdly many weights, a patch size off its size multiple."""
+    described = f"config.network = {json.dumps(network)}"
+    try:
+        # Shapes without storage: an absurd width allocates nothing. Warnings are the real build's to give.
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = segmenter.build_network(patch_size, **network)
+    except LiverSegError:
+        raise  # a missing package (MethodUnavailableError), not a bad checkpoint
+    except Exception as exc:  # whatever the builder (MONAI) raises for these arguments
+        return [f"{described}: the {segmenter.name} network cannot be built from it ({type(exc).__name__}: {exc})"]
+    sizes = [parameter.numel() for parameter in built.parameters()]
+    if 0 in sizes:
+        return [f"{described}: builds {sizes.count(0)} layer(s) without weights; channel counts must be positive"]
+    if sum(sizes) > MAX_PARAMETERS:
+        return [f"{described}: builds {sum(sizes):,} weights, more than the {MAX_PARAMETERS:,} of any sensible network"]
+    multiple = segmenter.size_multiple(**network)
+    if any(p % multiple for p in patch_size):
+        return [f"config.preprocessing.patch_size = {list(patch_size)}: each side must be a multiple of {multiple} "
+                "for this network"]
+    return []
 
 
 def shipped_model_path(method: str) -> Path:
