@@ -4,6 +4,7 @@ segments a CT with every shipped model (the models are package data, not files o
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,8 +33,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     through a ``.pth`` line (installing torch again would take minutes), whose editable install of the
     source tree is not carried over: nested ``.pth`` files are not processed."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: setuptools' build/ folder in the source tree keeps files deleted since, which a
+    # later wheel would ship.
+    source = root / "source"
+    shutil.copytree(REPOSITORY / "LiverSeg" / "LiverSegLib", source / "LiverSeg" / "LiverSegLib",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPOSITORY / name, source / name)
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", root / "dist",
-         REPOSITORY, cwd=root)
+         source, cwd=root)
     (wheel,) = (root / "dist").glob("liverseg-*.whl")
     venv.create(root / "env", with_pip=False)
     python = root / "env" / "bin" / "python"

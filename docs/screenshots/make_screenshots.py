@@ -36,8 +36,7 @@ def main() -> int:
         volume = ctx.volumes.AddArchetypeVolume(str(path), "Phantom CT")
         result = LiverSegLogic(ctx).run(volume, "em")
         out = render_segmentation_png(result.segmentation_node, HERE / "liverseg_3d.png", volume_node=volume, size=(800, 600))
-    volumes = ", ".join(f"{name} {ml:.0f} ml" for name, ml in result.volumes_ml.items())
-    print(f"{out['path']} ({out['backend']}); {volumes}")
+    print(f"{out['path']} ({out['backend']}); {result.volumes.summary()}")
     return 0
 
 
