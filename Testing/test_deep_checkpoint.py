@@ -208,7 +208,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path: Path, monke
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(LiverSegError, match="No space left on device.*previous checkpoint there is intact"):
+    with pytest.raises(LiverSegError, match=r"No space left on device.*\(any earlier file of that name is kept\)"):
         loaded.save(tmp_path / "last.pt")
     assert (tmp_path / "last.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left behind

@@ -1,17 +1,20 @@
 """The ``liverseg`` command: segment a CT, evaluate a segmenter on a dataset, train a deep segmenter.
 
 Exit status: 0 success, 2 bad input, unavailable method or missing Python packages (one line on stderr
-naming the problem and the fix), 130 interrupted.
+naming the problem and the fix), 130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from . import __version__
 from .dependencies import require
@@ -106,7 +109,7 @@ class ProgressBar:
 def run_segment(args: argparse.Namespace) -> int:
     from .preview import preview_format, save_preview
     from .segmenters import create_segmenter
-    from .volume import check_writable, load_ct, suffix_of
+    from .volume import check_writable, load_ct, output_set, suffix_of
 
     outputs = [Path(path) for path in args.output]
     destinations = outputs + ([Path(args.preview)] if args.preview else [])
@@ -120,26 +123,28 @@ def run_segment(args: argparse.Namespace) -> int:
         preview_format(args.preview)
     for path in destinations:
         check_writable(path)
-    segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
-    ct = load_ct(args.ct)
+    # Locked from here, so a concurrent run on these outputs is refused before its work, not after it.
+    with output_set(destinations):
+        segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
+        ct = load_ct(args.ct)
 
-    started = time.perf_counter()
-    progress = ProgressBar(f"{args.method}")
-    try:
-        labels = segmenter.segment(ct, progress=progress)
-    finally:
-        progress.close()
-    seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        progress = ProgressBar(f"{args.method}")
+        try:
+            labels = segmenter.segment(ct, progress=progress)
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - started
 
-    written = [_write_segmentation(ct.with_array(labels), output) for output in outputs]
-    if args.preview:
-        save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
-        written.append(Path(args.preview))
+        for output in outputs:
+            _write_segmentation(ct.with_array(labels), output)
+        if args.preview:
+            save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
 
     from .volumetry import liver_volumes
 
     print(f"{args.method}: {liver_volumes(labels, ct.voxel_ml).summary()}, {seconds:.1f} s")
-    for path in written:
+    for path in destinations:
         print(f"wrote {path}")
     return 0
 
@@ -166,7 +171,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _write_segmentation(labels, output: Path) -> Path:
+def _write_segmentation(labels, output: Path) -> None:
     from .volume import suffix_of
 
     if suffix_of(output) == ".seg.nrrd":
@@ -177,7 +182,6 @@ def _write_segmentation(labels, output: Path) -> Path:
         from .volume import save_volume
 
         save_volume(labels, output)
-    return output
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -206,15 +210,30 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
-        require()  # before the parser, which imports the training module and so torch
-        args = build_parser().parse_args(argv)
-        return args.run(args)
+        with _sigterm_as_interrupt():
+            require()  # before the parser, which imports the training module and so torch
+            args = build_parser().parse_args(argv)
+            return args.run(args)
     except LiverSegError as error:
         print(f"liverseg: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("liverseg: interrupted; no output was written for the unfinished step", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (``kill``, a job scheduler) as Ctrl-C: KeyboardInterrupt, so temporary files are removed
+    and the same message and status follow. Only the main thread may set handlers; the old one is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

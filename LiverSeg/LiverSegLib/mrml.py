@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import LiverSegError
-from .volume import Volume, atomic_output, suffix_of
+from .volume import Volume, atomic_output, check_complete, suffix_of
 
 # --------------------------------------------------------------------------------------------- segments
 
@@ -395,7 +395,8 @@ def save_segmentation(labels: Volume, path: str | os.PathLike, name: Optional[st
     write leaves no file and keeps an existing one.
 
     Raises:
-        LiverSegError: not a ``.seg.nrrd`` path, unwritable folder, bad labelmap, or the write failed.
+        LiverSegError: not a ``.seg.nrrd`` path, unwritable folder, bad labelmap, or the write failed (full
+            disk, ...).
     """
     path = Path(path)
     if suffix_of(path) != SEG_NRRD:
@@ -429,8 +430,9 @@ def _write_segmentation_file(scene, segmentation_node, path: Path) -> None:
     storage.SetUseCompression(1)
     ok = storage.WriteData(segmentation_node)
     scene.RemoveNode(storage)
-    if not ok or not path.exists() or path.stat().st_size == 0:
-        raise LiverSegError(f"{path}: Slicer could not write the segmentation; check the free disk space")
+    if not ok:
+        raise OSError("Slicer could not write the segmentation")  # atomic_output names the output
+    check_complete(path, "Slicer")  # with SimpleITK: Slicer's own reader aborts the process on a cut file
 
 
 def load_segmentation(scene, path: str | os.PathLike, name: Optional[str] = None):

@@ -96,9 +96,11 @@ def save_preview(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    with atomic_output(path) as temp:
-        fig.savefig(temp, dpi=80, format=image_format)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as temp:
+            fig.savefig(temp, dpi=80, format=image_format)
+    finally:
+        plt.close(fig)  # also after a failed write: Slicer keeps running and would keep the figure
 
 
 def _ras_spacing(ct: Volume) -> np.ndarray:

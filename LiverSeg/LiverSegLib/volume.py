@@ -8,16 +8,23 @@ the CT's affine overlays the CT exactly in Slicer.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 
 from .errors import LiverSegError
+
+try:
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
 
 # DICOM and NRRD store LPS; nibabel and Slicer's IJKToRAS use RAS.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -217,25 +224,124 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+# The pending renames of the output set open in this context, if any (see output_set).
+_OPEN_SET: contextvars.ContextVar[Optional[List[Tuple[Path, Path]]]] = contextvars.ContextVar("output_set", default=None)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format) and move it
     onto ``path`` only if the block succeeds: a failed run never leaves a partial file or clobbers an
-    existing one."""
+    existing one. Inside an :func:`output_set` the move waits for the end of the set.
+
+    Raises:
+        LiverSegError: the file could not be written (full disk, read-only folder, ...): the writers' OSError
+            as one line naming ``path`` (not the temporary file), the reason and the fix.
+    """
     path = check_writable(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent or ".")
-    os.close(handle)
+    with _reported_as(path):
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent or ".")
+        os.close(handle)
     temp_path = Path(temp)
     try:
-        yield temp_path
-        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp_path, 0o666 & ~umask)
-        os.replace(temp_path, path)
+        with _reported_as(path):
+            yield temp_path
+        pending = _OPEN_SET.get()
+        if pending is None:
+            _publish(temp_path, path)
+        else:
+            pending.append((temp_path, path))
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def output_set(paths: Sequence[str | os.PathLike]) -> Iterator[None]:
+    """Make the outputs of one run appear together or not at all, and keep other runs off them.
+
+    Every path is locked for the whole block: a second run writing one of them is refused. Each
+    :func:`atomic_output` inside the block writes its temporary file; they are all renamed onto their outputs
+    when the block succeeds, and all removed, leaving every output as it was, when it fails (an error, Ctrl-C,
+    SIGTERM).
+    """
+    pending: List[Tuple[Path, Path]] = []
+    with contextlib.ExitStack() as locks:
+        for path in paths:
+            locks.enter_context(_locked(Path(path)))
+        token = _OPEN_SET.set(pending)
+        try:
+            yield
+            for temp, path in pending:
+                _publish(temp, path)
+        except BaseException:
+            for temp, _ in pending:
+                temp.unlink(missing_ok=True)
+            raise
+        finally:
+            _OPEN_SET.reset(token)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``.NAME.lock`` beside ``path``, or refuse at once if another run holds it.
+    The kernel releases a flock when its process ends, even when killed, so no lock outlives its run."""
+    if fcntl is None:  # Windows has no flock: concurrent runs there are not refused
+        yield
+        return
+    lock_path = path.parent / f".{path.name}.lock"
+    while True:
+        with _reported_as(path):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LiverSegError(f"another liverseg run is writing {path}; wait for it or choose another output") from None
+        # The run before us removes its lock file before releasing the lock; a lock on that removed file
+        # guards nothing, so take the one now at lock_path instead.
+        if _is_file_at(fd, lock_path):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _publish(temp: Path, path: Path) -> None:
+    """Move a finished temporary file onto its output."""
+    # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    with _reported_as(path):
+        os.chmod(temp, 0o666 & ~umask)
+        os.replace(temp, path)
+
+
+@contextlib.contextmanager
+def _reported_as(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into the one-line error naming it, why, and what to do."""
+    try:
+        yield
+    except OSError as error:
+        folder = path.parent if str(path.parent) else Path(".")
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = f"free some space (or quota) on {folder}'s disk, or choose another output folder"
+        elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            fix = f"{folder} is not writable; choose another output folder"
+        else:
+            fix = f"check the free space on {folder}'s disk and that it is writable, or choose another output folder"
+        raise LiverSegError(f"{path}: could not be written ({error.strerror or error}); {fix} (any earlier file of "
+                            "that name is kept)") from error
 
 
 def save_volume(volume: Volume, path: str | os.PathLike) -> Path:
@@ -264,4 +370,19 @@ def _write_with_simpleitk(volume: Volume, path: Path) -> None:
     image.SetSpacing(spacing.tolist())
     image.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
     image.SetOrigin(lps[:3, 3].tolist())
-    sitk.WriteImage(image, str(path), useCompression=True)
+    try:
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as error:  # how SimpleITK reports a failed write (a full disk...), without the errno
+        raise OSError("SimpleITK's NRRD writer failed") from error
+    check_complete(path, "SimpleITK")
+
+
+def check_complete(path: Path, writer: str) -> None:
+    """Read back a file that an ITK-based writer (SimpleITK's, Slicer's) made: they ignore some failed writes
+    (a full disk) and report success with the file cut short."""
+    import SimpleITK as sitk
+
+    try:
+        sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise OSError(f"the file {writer} wrote is incomplete") from error
