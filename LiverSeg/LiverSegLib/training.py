@@ -3,9 +3,10 @@
     liverseg train DATASET_DIR --method unet -o RUN_DIR [--epochs N] [--resume] [--device auto|cpu|cuda]
                                [--seed S] [--preset default|paper] [--spacing R A S] [--patch-size X Y Z] ...
 
-The pipeline is MONAI's canonical one: cases read and put on the working grid once (CacheDataset,
-with the very transforms inference uses, :func:`~LiverSegLib.segmenters.deep.preprocessing_transforms`),
-then per step class-balanced patches (RandCropByPosNegLabeld) with spatial and intensity augmentation
+The pipeline is MONAI's canonical one: cases read and put on the working grid once (with the very
+transforms inference uses, :func:`~LiverSegLib.segmenters.deep.preprocessing_transforms`; kept in RAM
+and in a disk cache that later runs reuse, :class:`PreprocessedCases`), then per step class-balanced
+patches (RandCropByPosNegLabeld) with spatial and intensity augmentation
 (:mod:`~LiverSegLib.augmentation`, with our partial-scan and per-label intensity transforms), Dice-CE loss (plus KL for the VAE), AdamW with a cosine schedule (RMSprop for the paper preset), mixed
 precision on CUDA, optionally a moving average of the weights (``--ema``). After each epoch every held-out volume is segmented whole, by sliding windows, and
 scored at the CT's own resolution.
@@ -37,29 +38,37 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import sys
+import tempfile
 import time
+import warnings
+from copy import deepcopy
 from dataclasses import asdict, dataclass
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
+import monai
 import numpy as np
 import torch
 import torch.distributed as dist
-from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
-from monai.transforms import Compose
+from monai.data import DataLoader, MetaTensor, PersistentDataset, list_data_collate
+from monai.transforms import Compose, RandomizableTrait, Transform
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from . import __version__
 from .augmentation import training_transforms
 from .checkpoint import Checkpoint, ModelConfig, shipped_model_path
-from .dataset import Case, load_msd_dataset, read_case
+from .dataset import Case, _sha256, load_msd_dataset, read_case
 from .errors import LiverSegError
 from .metrics import dice_scores
 from .segmenters.deep import (
@@ -125,7 +134,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of tumour voxels in the cross-entropy (1: unweighted)")
     add("--ema", type=float, default=0.0, metavar="DECAY",
         help="validate and save an exponential moving average of the weights with this decay per step (e.g. 0.99; 0: off)")
-    add("--cache-rate", type=float, default=1.0, help="share of the training volumes kept preprocessed in memory")
+    add("--cache-rate", type=float, default=1.0,
+        help="share of the training volumes kept preprocessed in memory (the others are read from --cache-dir at "
+             "each step, or preprocessed again with --no-cache-dir)")
+    add("--cache-dir", type=Path, metavar="DIR",
+        help="folder of the preprocessed training volumes, reused by later runs, folds and methods with the same "
+             f"preprocessing; keyed by the files' content (default: {default_cache_dir()})")
+    add("--no-cache-dir", action="store_true", help="keep no preprocessed volumes on disk")
 
 
 def _positive_int(text: str) -> int:
@@ -285,10 +300,180 @@ def split_cases(cases: Sequence[Case], val_fraction: float, seed: int) -> Tuple[
     return order[n_val:], order[:n_val]
 
 
-def _read_training_case(item: Dict[str, Any]) -> Dict[str, Any]:
-    """Dataset item {name, image, label paths} -> {"image": CT (1, I, J, K) HU, "label": (1, I, J, K)}."""
-    ct, labels = read_case(Case(item["name"], Path(item["image"]), Path(item["label"])))
-    return {"name": item["name"], "image": volume_to_metatensor(ct), "label": volume_to_metatensor(labels)}
+class ReadTrainingCase(Transform):
+    """Dataset item {name, image, label paths} -> {"image": CT (1, I, J, K) HU, "label": (1, I, J, K)}.
+
+    A MONAI Transform, not a plain function: MONAI's datasets cache the transforms before the first
+    random one or the first non-Transform, so a plain function first would leave nothing cached.
+    """
+
+    def __call__(self, item: Dict[str, Any]) -> Dict[str, Any]:
+        ct, labels = read_case(Case(item["name"], Path(item["image"]), Path(item["label"])))
+        return {"name": item["name"], "image": volume_to_metatensor(ct), "label": volume_to_metatensor(labels)}
+
+
+# --------------------------------------------------------------------------------------------- preprocessing cache
+
+CACHE_FORMAT = 1
+"""Part of every cache entry's key: bump it when the cached preprocessing changes in code rather than in
+its configuration (which is in the key already), so that no entry an older version wrote is served."""
+CACHED_KEYS = ("image", "label")
+
+
+def default_cache_dir() -> Path:
+    """``--cache-dir``'s default: the user's cache folder, never the dataset's (which may be read-only)."""
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "liverseg" / "preprocessed"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "liverseg" / "preprocessed"
+
+
+def cache_folder(args: argparse.Namespace) -> Optional[Path]:
+    """The disk cache ``--cache-dir`` / ``--no-cache-dir`` ask for; None for none."""
+    if args.no_cache_dir:
+        return None
+    return args.cache_dir or default_cache_dir()
+
+
+class PreprocessedCases(PersistentDataset):
+    """The training volumes, each read and preprocessed once: MONAI's PersistentDataset, made safe to share.
+
+    The deterministic head of ``transform`` (up to its first random transform) runs once per volume; the
+    result is kept in RAM for the first ``ram_share`` of the volumes (CacheDataset's ``cache_rate``) and
+    on disk in ``folder`` for all of them, where a later run, fold or method with the same preprocessing
+    finds it. The random tail runs at every step. Where PersistentDataset falls short, entries here are:
+
+    - keyed by the sha256 of the image's and the label's content and of the preprocessing (configuration,
+      cached transforms, LiverSeg and MONAI versions, :data:`CACHE_FORMAT`), not by file names: an edited
+      file or option never meets a stale entry;
+    - written to a temporary file in ``folder`` and renamed into place (PersistentDataset's temporary
+      folder may lie on another file system, where the move is a copy), so a concurrent run sees no entry
+      or a whole one; runs that build one entry at once write the same bytes;
+    - prefixed by the sha256 of their bytes: one truncated (a killed run, a full disk) or damaged later is
+      rebuilt with a warning (``torch.load`` raises OSError on a truncated file, which PersistentDataset
+      does not catch, and returns a flipped byte silently);
+    - plain tensors (read with ``weights_only``), each volume's affine beside it.
+
+    Args:
+        items: {name, image, label} paths per volume.
+        transform: :func:`~LiverSegLib.augmentation.training_transforms`, starting with :class:`ReadTrainingCase`.
+        config: the network's configuration, whose preprocessing is part of the key.
+        folder: the disk cache, or None for none (RAM only, the rest preprocessed at each step).
+        ram_share: share of the volumes kept in RAM.
+        workers: threads that hash and preprocess the volumes up front.
+
+    Raises:
+        LiverSegError: the folder cannot be created or written (a full disk included).
+    """
+
+    def __init__(self, items: Sequence[Dict[str, str]], transform: Compose, config: ModelConfig,
+                 folder: Optional[Path], ram_share: float, workers: int) -> None:
+        super().__init__(items, transform, cache_dir=None)  # the folder is kept here: see _store_entry
+        self.folder = folder
+        self._in_ram: Dict[int, Dict[str, Any]] = {}
+        with ThreadPool(max(1, workers)) as pool:
+            self._keys = self._entry_keys(pool, config) if folder is not None else []
+            if folder is not None:
+                _make_cache_folder(folder)
+            self._build(pool, int(ram_share * len(items)))  # CacheDataset's rounding of cache_rate
+
+    def _entry_keys(self, pool: ThreadPool, config: ModelConfig) -> List[str]:
+        first_random = self.transform.get_index_of_first(
+            lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform)  # PersistentDataset's rule
+        )
+        recipe = json.dumps({
+            "format": CACHE_FORMAT, "liverseg": __version__, "monai": monai.__version__,
+            "preprocessing": asdict(config.preprocessing),
+            "transforms": [type(t).__name__ for t in self.transform.transforms[:first_random]],
+        }, sort_keys=True)
+        contents = pool.map(lambda item: _sha256(Path(item["image"])) + _sha256(Path(item["label"])), self.data)
+        return [hashlib.sha256(f"{recipe}{content}".encode()).hexdigest() for content in contents]
+
+    def _build(self, pool: ThreadPool, in_ram: int) -> None:
+        """Preprocess the volumes kept in RAM and those the disk cache lacks (a progress bar on a terminal)."""
+        def build(index: int) -> Tuple[int, Optional[Dict[str, Any]]]:
+            if index < in_ram:
+                return index, self._preprocessed(index)
+            if self.folder is not None and not self._entry_path(index).is_file():
+                self._preprocessed(index)
+            return index, None
+
+        steps = pool.imap_unordered(build, range(len(self.data)))
+        for index, head in tqdm(steps, total=len(self.data), desc="preprocessing", unit="volume", leave=False,
+                                file=sys.stderr, disable=not sys.stderr.isatty()):
+            if head is not None:
+                self._in_ram[index] = head
+
+    def _entry_path(self, index: int) -> Path:
+        return self.folder / f"{self._keys[index]}.pt"
+
+    def _preprocessed(self, index: int) -> Dict[str, Any]:
+        """Volume ``index`` preprocessed: its disk entry when whole, else computed (and stored)."""
+        if self.folder is not None and self._entry_path(index).is_file():
+            try:
+                return _unpack(_load_entry(self._entry_path(index)))
+            except Exception as exc:  # whatever is wrong with an entry, it is rebuilt, never served
+                warnings.warn(f"{self._entry_path(index)}: damaged preprocessing cache entry ({exc}); rebuilding it",
+                              stacklevel=2)
+        entry = _pack(self._pre_transform(deepcopy(self.data[index])))
+        if self.folder is not None:
+            _store_entry(self._entry_path(index), entry)
+        # Unpacked whatever its source, so a step's input is the same from RAM, disk or a fresh computation.
+        return _unpack(entry)
+
+    def _transform(self, index: int) -> Any:
+        kept = self._in_ram.get(index)
+        return self._post_transform(deepcopy(kept) if kept is not None else self._preprocessed(index))
+
+
+def _pack(item: Dict[str, Any]) -> Dict[str, Any]:
+    """A preprocessed volume as plain tensors; cloned, as a cropped view would save the whole uncropped storage."""
+    return {"name": item["name"], **{key: {"array": item[key].as_tensor().clone(memory_format=torch.contiguous_format),
+                                           "affine": torch.as_tensor(item[key].affine)} for key in CACHED_KEYS}}
+
+
+def _unpack(entry: Dict[str, Any]) -> Dict[str, Any]:
+    return {"name": entry["name"], **{key: MetaTensor(entry[key]["array"], affine=entry[key]["affine"]) for key in CACHED_KEYS}}
+
+
+def _make_cache_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cache_error(folder, exc) from exc
+
+
+def _store_entry(path: Path, entry: Dict[str, Any]) -> None:
+    """Write an entry whole or not at all: the sha256 of its bytes, then the bytes, into a temporary file
+    beside ``path``, renamed onto it (atomic on one file system)."""
+    buffer = io.BytesIO()
+    torch.save(entry, buffer)
+    payload = buffer.getvalue()
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    except OSError as exc:
+        raise _cache_error(path.parent, exc) from exc
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(hashlib.sha256(payload).digest())
+            file.write(payload)
+        os.replace(temp, path)
+    except OSError as exc:
+        raise _cache_error(path.parent, exc) from exc
+    finally:
+        Path(temp).unlink(missing_ok=True)  # a temporary file left by a failure (gone after the rename)
+
+
+def _load_entry(path: Path) -> Dict[str, Any]:
+    """An entry's tensors, after checking its bytes against the sha256 they start with."""
+    data = path.read_bytes()
+    if hashlib.sha256(data[32:]).digest() != data[:32]:
+        raise ValueError("its content does not match its checksum: truncated or damaged")
+    return torch.load(io.BytesIO(data[32:]), weights_only=True)
+
+
+def _cache_error(folder: Path, exc: OSError) -> LiverSegError:
+    return LiverSegError(f"{folder}: cannot write the preprocessing cache there ({exc.strerror or exc}); free disk "
+                         "space there, give another --cache-dir, or --no-cache-dir")
 
 
 @dataclass
@@ -315,7 +500,7 @@ def run_train(args: argparse.Namespace) -> int:
     world = start_world(args.device)
     try:
         settings, config, resumed = _settings(args, segmenter, run_dir)
-        Trainer(segmenter, settings, config, world, run_dir, Path(args.dataset), resumed).fit()
+        Trainer(segmenter, settings, config, world, run_dir, Path(args.dataset), resumed, cache_folder(args)).fit()
     finally:
         if world.size > 1:
             dist.destroy_process_group()
@@ -380,6 +565,7 @@ class Trainer:
         run_dir: output folder.
         dataset: the MSD-layout dataset folder.
         resumed: last.pt of an interrupted run, or None.
+        cache_dir: the disk cache of preprocessed volumes (:class:`PreprocessedCases`), or None for none.
     """
 
     def __init__(
@@ -391,6 +577,7 @@ class Trainer:
         run_dir: Path,
         dataset: Path,
         resumed: Optional[Checkpoint],
+        cache_dir: Optional[Path] = None,
     ) -> None:
         self.segmenter, self.settings, self.config, self.world = segmenter, settings, config, world
         self.run_dir, self.dataset = run_dir, dataset
@@ -431,13 +618,11 @@ class Trainer:
         )
 
         self.transform = training_transforms(
-            _read_training_case, config, settings.samples_per_volume, settings.partial_scan_prob,
+            ReadTrainingCase(), config, settings.samples_per_volume, settings.partial_scan_prob,
             settings.label_intensity_prob, settings.synthetic_tumour_prob, settings.tumour_patch_share,
         )
         items = [{"name": c.name, "image": str(c.image_path), "label": str(c.label_path)} for c in self.train_cases]
-        cached = CacheDataset(
-            items, self.transform, cache_rate=settings.cache_rate, num_workers=max(1, settings.workers), progress=False
-        )
+        cached = PreprocessedCases(items, self.transform, config, cache_dir, settings.cache_rate, settings.workers)
         self.sampler = DistributedSampler(items, num_replicas=world.size, rank=world.rank, shuffle=True, seed=settings.seed)
         self.loader = DataLoader(
             cached,
