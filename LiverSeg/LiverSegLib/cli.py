@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a deep segmenter on an MSD-layout dataset")
     add_train_arguments(train)
     train.set_defaults(run=run_train)
+
+    from .crossval import add_crossval_arguments, add_table_arguments, run_crossval, run_table
+
+    crossval = commands.add_parser("crossval", help="K-fold cross-validation of a deep segmenter: per-case Dice, summary")
+    add_crossval_arguments(crossval)
+    crossval.set_defaults(run=run_crossval)
+    table = commands.add_parser("table", help="cross-validation runs of several methods as one table beside the paper's")
+    add_table_arguments(table)
+    table.set_defaults(run=run_table)
     return parser
 
 
