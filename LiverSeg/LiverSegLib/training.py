@@ -370,10 +370,10 @@ class PreprocessedCases(PersistentDataset):
         super().__init__(items, transform, cache_dir=None)  # the folder is kept here: see _store_entry
         self.folder = folder
         self._in_ram: Dict[int, Dict[str, Any]] = {}
+        if folder is not None:
+            _make_cache_folder(folder)
         with ThreadPool(max(1, workers)) as pool:
             self._keys = self._entry_keys(pool, config) if folder is not None else []
-            if folder is not None:
-                _make_cache_folder(folder)
             self._build(pool, int(ram_share * len(items)))  # CacheDataset's rounding of cache_rate
 
     def _entry_keys(self, pool: ThreadPool, config: ModelConfig) -> List[str]:
