@@ -8,21 +8,16 @@ The training command prints one JSON object per line on stdout (other lines are 
     {"event": "case", "case": "phantom_001", "dice_liver": 0.9, "dice_tumour": 0.5}
     {"event": "done", "checkpoint": "RUN_DIR/best.pt"}
 
-Call :meth:`TrainingMonitorLogic.poll` on the main thread (a QTimer in Slicer): it moves the lines a reader
-thread collected into MRML. The command is built by an injectable ``command_builder`` so tests can run a
-small fake trainer.
+The process is a :class:`~LiverSegLib.jobs.Job`, the mechanism the segmentation panel uses too. Call
+:meth:`TrainingMonitorLogic.poll` on the main thread (a QTimer in Slicer): it moves the events the job
+read into MRML. The command is built by an injectable ``command_builder`` so tests can run a small fake
+trainer.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import queue
-import shutil
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,29 +25,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import mrml
 from .errors import LiverSegError
+from .jobs import Event, Job, cli_command, parse_event, python_executable
 
 EPOCH_COLUMNS = ("epoch", "loss", "dice_liver", "dice_tumour", "seconds")
 CASE_COLUMNS = ("case", "dice_liver", "dice_tumour")
-LIB_PARENT = Path(__file__).resolve().parents[1]
-"""The folder that holds the LiverSegLib package (the LiverSeg module folder): the trainer's PYTHONPATH."""
-
-
-def python_executable() -> str:
-    """The Python to run the trainer with: Slicer's ``PythonSlicer`` inside Slicer, else this interpreter."""
-    name = Path(sys.executable).name.lower()
-    if name.startswith("slicer"):  # inside the Slicer application sys.executable may be Slicer itself
-        candidate = shutil.which("PythonSlicer") or str(Path(sys.executable).with_name("PythonSlicer"))
-        if Path(candidate).exists() or shutil.which(candidate):
-            return candidate
-    return sys.executable
 
 
 def default_command(
     dataset: str, method: str, run_dir: str, epochs: int, resume: bool = False, device: str = "auto"
 ) -> List[str]:
     """``python -m LiverSegLib.cli train DATASET --method M -o RUN_DIR --epochs N [--device D] [--resume]``."""
-    command = [python_executable(), "-u", "-m", "LiverSegLib.cli", "train", str(dataset), "--method", method,
-               "-o", str(run_dir), "--epochs", str(int(epochs))]
+    command = cli_command("train", str(dataset), "--method", method, "-o", str(run_dir), "--epochs", str(int(epochs)))
     if device and device != "auto":
         command += ["--device", device]
     if resume:
@@ -93,25 +76,30 @@ class TrainingRun:
     command: List[str]
     device: str = "auto"
     extra_args: List[str] = field(default_factory=list)
-    process: Any = None
-    lines: "queue.Queue[str]" = field(default_factory=queue.Queue)
-    stderr_tail: List[str] = field(default_factory=list)
+    job: Optional[Job] = None
     epochs_seen: List[Dict[str, Any]] = field(default_factory=list)
     cases: List[Dict[str, Any]] = field(default_factory=list)
     checkpoint: Optional[str] = None
     returncode: Optional[int] = None
-    stopped: bool = False
     started: float = field(default_factory=time.monotonic)
-    _readers: List[threading.Thread] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.job is not None and self.job.running
 
     @property
     def finished(self) -> bool:
-        """The process ended and every line it printed has been handled."""
+        """The process ended and every event it printed has been handled."""
         return self.returncode is not None
+
+    @property
+    def stopped(self) -> bool:
+        """:meth:`TrainingMonitorLogic.stop` ended it."""
+        return self.job is not None and self.job.cancelled
+
+    @property
+    def stderr_tail(self) -> List[str]:
+        return self.job.stderr_tail if self.job is not None else []
 
 
 class TrainingMonitorLogic:
@@ -169,29 +157,7 @@ class TrainingMonitorLogic:
         command += [str(arg) for arg in extra_args]
         run = TrainingRun(dataset=dataset, method=method, run_dir=run_dir, epochs=int(epochs), command=command,
                           device=device, extra_args=[str(arg) for arg in extra_args])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(LIB_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        env["PYTHONUNBUFFERED"] = "1"
-        try:
-            run.process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",
-                bufsize=1,
-                cwd=str(run_dir),
-                env=env,
-            )
-        except OSError as exc:
-            raise LiverSegError(f"cannot start training ({command[0]}: {exc.strerror or exc})") from exc
-        run._readers = [
-            threading.Thread(target=_read_lines, args=(run.process.stdout, run.lines.put), daemon=True),
-            threading.Thread(target=_read_lines, args=(run.process.stderr, lambda l: _keep_tail(run.stderr_tail, l)), daemon=True),
-        ]
-        for reader in run._readers:
-            reader.start()
+        run.job = Job(command, cwd=run_dir)
         keep_rows = resume and self.run is not None and self.table_node is not None
         self.run = run
         self._ensure_nodes(method, clear=not keep_rows)
@@ -208,17 +174,12 @@ class TrainingMonitorLogic:
                           device=last.device, resume=True, extra_args=last.extra_args)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the training process (kill it if it does not stop within ``timeout`` s)."""
+        """Terminate the training process and what it started (killed if not ended within ``timeout`` s:
+        the trainer gets that long to finish writing its files)."""
         run = self.run
-        if run is None or run.process is None or not run.running:
+        if run is None or not run.running:
             return
-        run.stopped = True
-        run.process.terminate()
-        try:
-            run.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            run.process.kill()
-            run.process.wait(timeout)
+        run.job.cancel(grace=timeout)
 
     # ----------------------------------------------------------------------------------------- progress
 
@@ -235,23 +196,14 @@ class TrainingMonitorLogic:
         run = self.run
         if run is None or run.finished:
             return run
-        exited = run.process.poll() is not None
-        if exited:
-            for reader in run._readers:
-                reader.join(5)  # the pipes are at EOF once the process is gone: collect the last lines
-        while True:
-            try:
-                line = run.lines.get_nowait()
-            except queue.Empty:
-                break
-            self._handle_line(line)
-        if exited and run.lines.empty():
-            run.returncode = run.process.returncode
-            for stream in (run.process.stdout, run.process.stderr):
-                stream.close()
-            if run.returncode != 0 and not run.stopped:
-                tail = " | ".join(run.stderr_tail[-5:]) or "no error output"
-                raise LiverSegError(f"training failed (exit status {run.returncode}): {tail}")
+        for event in run.job.poll():
+            self._handle_event(event)
+        outcome = run.job.outcome
+        if outcome is not None:
+            run.returncode = outcome.returncode
+            if not outcome.ok and not outcome.cancelled:
+                tail = " | ".join(outcome.stderr_tail[-5:]) or "no error output"
+                raise LiverSegError(f"training failed ({outcome.status}): {tail}")
         return run
 
     def wait(self, timeout: float = 600.0, interval: float = 0.05) -> TrainingRun:
@@ -266,11 +218,8 @@ class TrainingMonitorLogic:
                 raise LiverSegError(f"training did not finish within {timeout:g} s; stopped")
             time.sleep(interval)
 
-    def _handle_line(self, line: str) -> None:
-        record = parse_event(line)
-        if record is None:
-            return
-        event = record.get("event")
+    def _handle_event(self, record: Event) -> None:
+        event = record["event"]
         if event == "epoch":
             self._add_epoch(record)
         elif event == "case":
@@ -379,18 +328,6 @@ class TrainingMonitorLogic:
         ]
 
 
-def parse_event(line: str) -> Optional[Dict[str, Any]]:
-    """The JSON object on ``line``, or None for any other line (log output, progress bars, bad JSON)."""
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        record = json.loads(text)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
-
-
 def _as_float(value) -> float:
     try:
         number = float(value)
@@ -404,17 +341,6 @@ def _as_int(value) -> Optional[int]:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _read_lines(stream, put) -> None:
-    """Reader thread: hand each line of ``stream`` to ``put`` until EOF (the process closed it)."""
-    for line in iter(stream.readline, ""):
-        put(line.rstrip("\r\n"))
-
-
-def _keep_tail(tail: List[str], line: str, keep: int = 50) -> None:
-    tail.append(line)
-    del tail[:-keep]
 
 
 __all__ = [
