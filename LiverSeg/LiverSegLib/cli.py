@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_arguments(segment)
     segment.add_argument("--preview", help="also write an image with axial and coronal overlays, in the format "
                          "its suffix names (.png, .jpg, .pdf, ...)")
+    segment.add_argument("--progress", choices=["bar", "json"], default="bar",
+                         help="bar: a progress bar on stderr (when it is a terminal); json: one JSON line per step on "
+                         'stdout, {"event": "progress", "fraction": F, "message": M}, and {"event": "done", ...} once '
+                         "the outputs are written, for a program that follows the run (the Slicer panel)")
     segment.set_defaults(run=run_segment)
 
     evaluate = commands.add_parser(
@@ -115,6 +120,20 @@ class ProgressBar:
         self.bar.close()
 
 
+class JsonProgress:
+    """``--progress json``: a segmenter's progress callback that prints each step as a JSON line on stdout."""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.event("progress", fraction=round(float(fraction), 4), message=message)
+
+    def close(self) -> None:
+        """Nothing to release (the bar's counterpart)."""
+
+    @staticmethod
+    def event(name: str, **fields) -> None:
+        print(json.dumps({"event": name, **fields}), flush=True)
+
+
 def run_segment(args: argparse.Namespace) -> int:
     from .preview import preview_format, save_preview
     from .segmenters import create_segmenter
@@ -138,7 +157,7 @@ def run_segment(args: argparse.Namespace) -> int:
         ct = load_ct(args.ct)
 
         started = time.perf_counter()
-        progress = ProgressBar(f"{args.method}")
+        progress = ProgressBar(f"{args.method}") if args.progress == "bar" else JsonProgress()
         try:
             labels = segmenter.segment(ct, progress=progress)
         finally:
@@ -155,6 +174,8 @@ def run_segment(args: argparse.Namespace) -> int:
     print(f"{args.method}: {liver_volumes(labels, ct.voxel_ml).summary()}, {seconds:.1f} s")
     for path in destinations:
         print(f"wrote {path}")
+    if args.progress == "json":
+        JsonProgress.event("done", outputs=[str(path) for path in destinations], seconds=round(seconds, 3))
     return 0
 
 
