@@ -55,9 +55,7 @@ def liver_region(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray, air_hu: 
     region = body.copy()
     region[: int(round(x_centre)) - int(round(MIDLINE_MARGIN_MM / spacing[0]))] = False
 
-    lung = (hu <= air_hu) & body
-    lung_fraction = lung.sum(axis=(0, 1)) / np.maximum(body.sum(axis=(0, 1)), 1)
-    lung_slices = np.nonzero(lung_fraction > LUNG_SHARE)[0]
+    lung_slices = np.nonzero(_lung_share(hu, body, air_hu) > LUNG_SHARE)[0]
     body_slices = np.nonzero(body.any(axis=(0, 1)))[0]
     if lung_slices.size:
         top = min(body.shape[2], lung_slices.min() + int(BELOW_LUNG_MM / spacing[2]))
@@ -67,3 +65,36 @@ def liver_region(hu: np.ndarray, body: np.ndarray, spacing: np.ndarray, air_hu: 
     region[:, :, top:] = False
     region[:, :, :bottom] = False
     return region
+
+
+def _lung_share(hu: np.ndarray, body: np.ndarray, air_hu: float) -> np.ndarray:
+    """Per axial slice (Z,), the share of the body's cross-section that is air: lung (or bowel gas)."""
+    lung = (hu <= air_hu) & body
+    return lung.sum(axis=(0, 1)) / np.maximum(body.sum(axis=(0, 1)), 1)
+
+
+def liver_in_view(organ: np.ndarray, hu: np.ndarray, body: np.ndarray, air_hu: float = BODY_HU) -> bool:
+    """Whether ``organ`` (the piece a segmenter kept as liver) can be a liver, given what the scan covers.
+
+    The liver hangs under the right hemidiaphragm, whose dome the lung bases surround, so:
+
+    - without lungs in the field of view, the scan lies below the dome and a liver in it is cut by the
+      scan's top (an abdomen-pelvis scan); a piece that stops short of the top is the liver of no one (a
+      bowel loop or muscle of a pelvis-only scan);
+    - when lung still fills the scan's lowest slice, the scan ends in the chest and a liver in it is its
+      dome: cut by the scan's bottom, with lung above it; a piece reaching both the bottom and the top is
+      the heart or the mediastinum of a chest-only scan.
+
+    Arrays are (X, Y, Z) on a RAS working grid (axis 2 towards the head).
+    """
+    slices = np.nonzero(organ.any(axis=(0, 1)))[0]
+    body_slices = np.nonzero(body.any(axis=(0, 1)))[0]
+    if slices.size == 0 or body_slices.size == 0:
+        return False
+    share = _lung_share(hu, body, air_hu)
+    touches_top, touches_bottom = slices.max() >= body_slices.max(), slices.min() <= body_slices.min()
+    if not (share > LUNG_SHARE).any():
+        return bool(touches_top)
+    if share[body_slices.min()] > LUNG_SHARE:
+        return bool(touches_bottom and not touches_top)
+    return True

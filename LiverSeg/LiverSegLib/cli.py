@@ -169,9 +169,9 @@ def run_segment(args: argparse.Namespace) -> int:
         if args.preview:
             save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
 
-    from .volumetry import liver_volumes
+    from .volumetry import status_line
 
-    print(f"{args.method}: {liver_volumes(labels, ct.voxel_ml).summary()}, {seconds:.1f} s")
+    print(f"{status_line(args.method, labels, ct.voxel_ml)}, {seconds:.1f} s")
     for path in destinations:
         print(f"wrote {path}")
     if args.progress == "json":

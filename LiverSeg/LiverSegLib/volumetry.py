@@ -62,3 +62,21 @@ def liver_volumes(labels: np.ndarray, voxel_ml: float) -> LiverVolumes:
     labels = np.asarray(labels)
     return LiverVolumes(int(np.count_nonzero(labels == PARENCHYMA_LABEL)),
                         int(np.count_nonzero(labels == TUMOUR_LABEL)), float(voxel_ml))
+
+
+def reaches_scan_edge(labels: np.ndarray) -> bool:
+    """Whether the liver touches the first or last voxel layer along any axis: the scan cut it (a partial
+    liver), so its volume is a lower bound."""
+    liver = np.asarray(labels)
+    liver = (liver == PARENCHYMA_LABEL) | (liver == TUMOUR_LABEL)
+    return any(np.take(liver, index, axis=axis).any() for axis in range(liver.ndim) for index in (0, -1))
+
+
+def status_line(method: str, labels: np.ndarray, voxel_ml: float) -> str:
+    """What one segmentation found, in one line: the volumes, flagged partial, or that no liver was found."""
+    volumes = liver_volumes(labels, voxel_ml)
+    if volumes.liver_voxels == 0:
+        return (f"{method}: no liver found (the labelmap is empty); the scan may not cover the liver, "
+                "e.g. a chest-only or pelvis-only CT")
+    partial = "; partial: the liver reaches the edge of the scan, so its volume is a lower bound" if reaches_scan_edge(labels) else ""
+    return f"{method}: {volumes.summary()}{partial}"

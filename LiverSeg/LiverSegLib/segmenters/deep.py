@@ -39,7 +39,7 @@ from monai.transforms import (
 from torch import nn
 from torch.nn import functional as F
 
-from ..anatomy import body_mask, liver_region
+from ..anatomy import body_mask, liver_in_view, liver_region
 from ..checkpoint import Checkpoint, ModelConfig, Preprocessing, shipped_model_path
 from ..errors import LiverSegError
 from ..preprocessing import BODY_HU, TUMOUR, UNSURE, clean_labels, to_input_grid
@@ -302,7 +302,10 @@ class DeepModel:
         body = body_mask(hu, air_hu)
         affine = image.affine.numpy()
         region = liver_region(hu, body, spacing_of(affine), air_hu)
-        return to_input_grid(clean_labels(labels, region), affine, grid)
+        labels = clean_labels(labels, region)
+        if not liver_in_view(labels > 0, hu, body, air_hu):
+            labels[:] = 0  # a chest-only or pelvis-only scan: its liver-like piece is another organ
+        return to_input_grid(labels, affine, grid)
 
 
 def _tile_count(shape: Sequence[int], roi: Sequence[int], overlap: float) -> int:

@@ -29,7 +29,7 @@ from scipy import ndimage
 from sklearn.mixture import GaussianMixture
 
 from ..errors import LiverSegError
-from ..anatomy import body_mask, liver_region
+from ..anatomy import body_mask, liver_in_view, liver_region
 from ..preprocessing import TUMOUR, clean_labels, to_input_grid, to_working_grid
 from ..volume import Volume
 from .base import Segmenter
@@ -95,6 +95,8 @@ class EMSegmenter(Segmenter):
         labels = organ.astype(np.uint8)
         labels[_tumours(smooth, organ, body, spacing)] = TUMOUR  # may extend the organ at its surface
         labels = clean_labels(labels, region)
+        if not liver_in_view(labels > 0, hu, body):
+            labels[:] = 0  # a chest-only or pelvis-only scan: its liver-like piece is another organ
 
         self._step(0.85, "resampling to the CT grid")
         return to_input_grid(labels, working.affine.numpy(), ct)
