@@ -1,6 +1,8 @@
 """Shared fixtures. The core library is imported as `LiverSegLib`, as Slicer does (LiverSeg/ is on sys.path)."""
 
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,6 +14,10 @@ sys.path.insert(0, str(REPOSITORY / "LiverSeg"))
 SHARED_DATA = REPOSITORY.parent / "shared" / "data"
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+
+# Training's default preprocessing cache lives in the user's cache folder: the suite (and the
+# subprocesses it starts, which inherit the environment) keeps its entries out of the home folder.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="liverseg-test-cache-")
 
 
 @pytest.fixture(scope="session")
