@@ -20,9 +20,8 @@ from typing import Iterator, List, Optional
 from . import __version__
 from .dependencies import require
 from .errors import LiverSegError
+from .outputs import describe_outputs, output_suffixes
 from .segmenters import SEGMENTERS, default_method
-
-LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser(
         "segment",
         help="segment one CT",
-        description="Segment one CT. The output type follows OUT's suffix: .nii.gz/.nii/.nrrd write a uint8 "
-        "labelmap on the CT's grid, .seg.nrrd a Slicer segmentation with named, coloured segments.",
+        description=f"Segment one CT. The output type follows OUT's suffix: {describe_outputs()}.",
     )
     segment.add_argument("ct", help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, or a folder holding one DICOM series")
     segment.add_argument("-o", "--output", required=True, action="append",
-                         help="output file: .nii.gz, .nii, .nrrd or .seg.nrrd (repeat -o to write several)")
+                         help=f"output file: {output_suffixes()} (repeat -o to write several)")
     _add_method_arguments(segment)
     segment.add_argument("--preview", help="also write an image with axial and coronal overlays, in the format "
                          "its suffix names (.png, .jpg, .pdf, ...)")
@@ -135,9 +133,10 @@ class JsonProgress:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from .outputs import Provenance, check_output, write_output
     from .preview import preview_format, save_preview
     from .segmenters import create_segmenter
-    from .volume import check_writable, load_ct, output_set, suffix_of
+    from .volume import check_writable, load_ct, output_set
 
     outputs = [Path(path) for path in args.output]
     destinations = outputs + ([Path(args.preview)] if args.preview else [])
@@ -145,8 +144,7 @@ def run_segment(args: argparse.Namespace) -> int:
     # whether it is the input, the one mistake that would destroy data (whatever its suffix).
     _check_outputs_apart(Path(args.ct), destinations)
     for output in outputs:
-        if suffix_of(output) not in LABELMAP_SUFFIXES + (".seg.nrrd",):
-            raise LiverSegError(f"{output}: unknown output type '{suffix_of(output)}'; use .nii.gz, .nii, .nrrd or .seg.nrrd")
+        check_output(output, Path(args.ct))
     if args.preview:
         preview_format(args.preview)
     for path in destinations:
@@ -164,8 +162,9 @@ def run_segment(args: argparse.Namespace) -> int:
             progress.close()
         seconds = time.perf_counter() - started
 
+        provenance = Provenance(Path(args.ct), args.method)
         for output in outputs:
-            _write_segmentation(ct.with_array(labels), output)
+            write_output(ct.with_array(labels), output, provenance)
         if args.preview:
             save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
 
@@ -199,19 +198,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): then only the same resolved path is the same file
         return a.resolve() == b.resolve()
-
-
-def _write_segmentation(labels, output: Path) -> None:
-    from .volume import suffix_of
-
-    if suffix_of(output) == ".seg.nrrd":
-        from .mrml import save_segmentation
-
-        save_segmentation(labels, output)
-    else:
-        from .volume import save_volume
-
-        save_volume(labels, output)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

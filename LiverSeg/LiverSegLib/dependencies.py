@@ -22,6 +22,7 @@ REQUIREMENTS: Dict[str, str] = {
     "scipy": "scipy>=1.10",
     "nibabel": "nibabel>=5.0",
     "SimpleITK": "SimpleITK>=2.3",
+    "highdicom": "highdicom>=0.28",
     "sklearn": "scikit-learn>=1.3",
     "skimage": "scikit-image>=0.21",
     "torch": "torch==2.13.0",

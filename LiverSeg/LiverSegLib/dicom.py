@@ -82,11 +82,31 @@ def read_series(folder: Path) -> Volume:
         # An enhanced multi-frame image, whose per-frame geometry GDCM reads itself, or a lone slice, which
         # check_ct then refuses as not 3D.
         return from_simpleitk(sitk.ReadImage(files[0]))
+    groups, grid = _place_slices(files, folder)
+    return Volume(_read_pixels(groups, grid, folder), LPS_TO_RAS @ grid.affine_lps)
+
+
+def slice_files(folder: Path) -> list[Path]:
+    """The file each slice k of :func:`read_series`'s volume is read from, in k order, for writers that refer
+    to the source images (a DICOM SEG names the source slice of each frame). A dropped duplicate is not
+    listed; a lone multi-frame file is listed once, its frames being the slices.
+
+    Raises:
+        LiverSegError: what :func:`read_series` refuses.
+    """
+    files = _series_files(folder)
+    if len(files) == 1:
+        return [Path(files[0])]
+    groups, _ = _place_slices(files, folder)
+    return [group[0].file for group in groups]
+
+
+def _place_slices(files: list[str], folder: Path) -> tuple[list[list[_Header]], _Grid]:
+    """The slices' headers in k order (those at one position grouped, the one read first) and their grid."""
     headers = [_read_header(Path(file)) for file in files]
     frame = _common_frame(headers, folder)
     groups = _group_by_position(headers, frame, folder)
-    grid = _plan_grid(np.array([group[0].position for group in groups]), frame, folder)
-    return Volume(_read_pixels(groups, grid, folder), LPS_TO_RAS @ grid.affine_lps)
+    return groups, _plan_grid(np.array([group[0].position for group in groups]), frame, folder)
 
 
 def _series_files(folder: Path) -> list[str]:
