@@ -2,7 +2,9 @@
 
 The panel (Widget) only moves values between the GUI and the parameter node and polls the running job;
 all the work is in ``LiverSegLib.slicer_logic.LiverSegLogic``, which is free of Qt and tested headless
-on slicer-core (``Testing/mrml/``). ``LiverSegLib`` is imported lazily so that the module loads even
+on slicer-core (``Testing/mrml/``). The segmentation itself runs in a child process (``liverseg
+segment``): a crash or an out-of-memory there is a message in the status line, and Slicer and the scene
+stay as they were. ``LiverSegLib`` is imported lazily so that the module loads even
 before its Python dependencies are installed.
 """
 

@@ -144,7 +144,8 @@ class Job:
             )
         except OSError as exc:
             raise LiverSegError(f"cannot start {self.command[0]} ({exc.strerror or exc})") from exc
-        self._readers = [_reader(self.process.stdout, self._put_event), _reader(self.process.stderr, self._stderr.append)]
+        self._readers = [_reader(self.process.stdout, self._put_event),
+                         _reader(self.process.stderr, self._stderr.append)]
 
     @property
     def running(self) -> bool:

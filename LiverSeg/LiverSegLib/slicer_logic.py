@@ -1,10 +1,14 @@
 """The LiverSeg module's logic, free of Qt: a CT volume node in, a "Liver"/"Liver tumor" segmentation out.
 
-The segmenter runs in a worker thread that never touches MRML; the caller's main thread starts the job
-(:meth:`LiverSegLogic.start`), polls it (:meth:`LiverSegLogic.poll`, from a QTimer in Slicer) and, once
-the worker is done, ``poll`` fills the scene. Cancel, or an error at any stage, leaves the scene as it
-was. The scene and the module logics come in through a :class:`~LiverSegLib.mrml.SlicerContext`, so the
-same class runs inside Slicer and under pytest on PyPI's ``slicer-core``.
+A method named by the panel runs in a child process: ``liverseg segment --progress json`` on a temporary
+copy of the CT (a :class:`~LiverSegLib.jobs.Job`, as training does), so an out-of-memory or a native
+crash in torch ends the child, not Slicer, and Cancel kills its whole process tree. A ready
+:class:`Segmenter` object (scripts, tests) runs in a worker thread instead. Neither touches MRML: the
+caller's main thread starts the job (:meth:`LiverSegLogic.start`), polls it (:meth:`LiverSegLogic.poll`,
+from a QTimer in Slicer) and, once the labels are there, ``poll`` fills the scene. Cancel, or an error at
+any stage, leaves the scene as it was. The scene and the module logics come in through a
+:class:`~LiverSegLib.mrml.SlicerContext`, so the same class runs inside Slicer and under pytest on PyPI's
+``slicer-core``.
 
 Typical use (blocking, for scripts)::
 
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,17 +33,28 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import mrml
+from . import jobs, mrml
 from .dependencies import require
-from .errors import CancelledError, LiverSegError
+from .errors import CancelledError, LiverSegError, MethodUnavailableError
 from .segmenters import SEGMENTERS, Segmenter, create_segmenter, default_method, measured_liver_dice
-from .volume import Volume, check_ct
+from .volume import Volume, check_ct, load_volume, save_volume
 from .volumetry import LiverVolumes, liver_volumes
 
 VOLUMES_TABLE_ROLE = "LiverSegVolumesTable"
 """Node reference from the segmentation to its table of segment volumes (reused by later runs)."""
 
 DEVICES = ("auto", "cpu", "cuda")
+NOT_ENOUGH_MEMORY = "not enough memory to segment this CT; close other data or use a bigger machine"
+
+SegmentCommand = Callable[[str, str, str, Optional[str], str], Sequence[str]]
+"""(CT file, labels file, method, model path or None, device) -> the child's argv."""
+
+
+def segment_command(ct_path: str, labels_path: str, method: str, model_path: Optional[str], device: str) -> List[str]:
+    """``python -m LiverSegLib.cli segment CT -o LABELS --method M --device D [--model F] --progress json``."""
+    command = jobs.cli_command("segment", ct_path, "-o", labels_path, "--method", method, "--device", device,
+                               "--progress", "json")
+    return command + (["--model", model_path] if model_path else [])
 
 
 def available_segmenters(model_paths: Optional[Dict[str, str]] = None, device: str = "auto") -> List[Tuple[str, str]]:
@@ -78,7 +95,8 @@ class SegmentationResult:
 
 @dataclass
 class SegmentationJob:
-    """A segmentation running in a worker thread. Read ``fraction``/``message`` from the main thread."""
+    """A segmentation running in a child process (``process``) or a worker thread (``thread``). Read
+    ``fraction``/``message`` from the main thread."""
 
     volume_node: Any
     segmentation_node: Any
@@ -92,13 +110,17 @@ class SegmentationJob:
     labels: Optional[np.ndarray] = None
     error: Optional[BaseException] = None
     thread: Optional[threading.Thread] = None
+    process: Optional[jobs.Job] = None
+    folder: Optional[Path] = None  # the child's copy of the CT and its labels; removed once it ended
     started: float = field(default_factory=time.monotonic)
     result: Optional[SegmentationResult] = None
     finished: bool = False  # poll() has applied or discarded the worker's output
 
     @property
     def running(self) -> bool:
-        """The worker thread is still segmenting."""
+        """The child process or the worker thread is still segmenting."""
+        if self.process is not None:
+            return self.process.running
         return self.thread is not None and self.thread.is_alive()
 
     def _progress(self, fraction: float, message: str) -> None:
@@ -110,12 +132,13 @@ class LiverSegLogic:
 
     Args:
         ctx: scene and module logics (:func:`mrml.headless_context` or :func:`mrml.context_from_slicer_app`).
-        segmenter_factory: builds a segmenter from (name, model_path, device); tests inject fakes here.
+        command_builder: the child's command line (default :func:`segment_command`); tests put stand-in children here.
     """
 
-    def __init__(self, ctx: mrml.SlicerContext, segmenter_factory: Callable[..., Segmenter] = create_segmenter):
+    def __init__(self, ctx: mrml.SlicerContext, command_builder: SegmentCommand = segment_command):
         self.ctx = ctx
-        self.segmenter_factory = segmenter_factory
+        self.command_builder = command_builder
+        self._last: Optional[SegmentationJob] = None  # one segmentation at a time: results are never mixed
 
     # ----------------------------------------------------------------------------------------- input
 
@@ -168,26 +191,31 @@ class LiverSegLogic:
         show_3d: bool = True,
         segmentation_name: Optional[str] = None,
     ) -> SegmentationJob:
-        """Check the input and start segmenting it in a worker thread; returns at once.
+        """Check the input and start segmenting it; returns at once.
 
         Args:
             volume_node: the CT (vtkMRMLScalarVolumeNode).
-            method: segmenter name (see :data:`SEGMENTERS`) or a ready :class:`Segmenter`; ``None``: the
-                best measured (:func:`default_method`).
+            method: segmenter name (see :data:`SEGMENTERS`), run in a child process; or a ready
+                :class:`Segmenter`, run in a worker thread; ``None``: the best measured (:func:`default_method`).
             segmentation_node: fill this existing segmentation (its "Liver"/"Liver tumor" segments are
                 replaced, others kept); ``None`` makes a new one.
-            model_path, device: passed to the segmenter factory.
+            model_path, device: the child's ``--model`` and ``--device``.
             show_3d: make closed surfaces so Slicer's 3D view shows the segments.
             segmentation_name: name of a new segmentation node (default "<volume> liver").
 
         Raises:
-            LiverSegError: bad input, or a missing Python package (scene untouched).
+            LiverSegError: a segmentation is already running, bad input, an unknown method or device, a
+                missing Python package, or the CT copy cannot be written (scene untouched).
         """
         require()
+        if self._last is not None and self._last.running:
+            raise LiverSegError("a segmentation is already running: wait for it to finish, or cancel it first")
         ct = self.read_input(volume_node)
         method = method if method is not None else default_method()
         if device not in DEVICES:
             raise LiverSegError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+        if not isinstance(method, Segmenter) and method not in SEGMENTERS:
+            raise MethodUnavailableError(f"unknown method '{method}'; choose one of {', '.join(SEGMENTERS)}")
         if segmentation_node is not None and not segmentation_node.IsA("vtkMRMLSegmentationNode"):
             raise LiverSegError(f"'{segmentation_node.GetName()}' is not a segmentation node: choose a segmentation as output")
         name = method.name if isinstance(method, Segmenter) else str(method)
@@ -199,25 +227,68 @@ class LiverSegLogic:
             segmentation_name=segmentation_name or f"{volume_node.GetName()} liver",
             ct=ct,
         )
-        job.thread = threading.Thread(
-            target=self._work, args=(job, method, model_path, device), name="LiverSeg segmenter", daemon=True
-        )
-        job.thread.start()
+        if isinstance(method, Segmenter):
+            job.thread = threading.Thread(target=self._work, args=(job, method), name="LiverSeg segmenter", daemon=True)
+            job.thread.start()
+        else:
+            self._launch(job, method, model_path, device)
+        self._last = job
         return job
 
-    def _work(self, job: SegmentationJob, method, model_path, device) -> None:
+    def _work(self, job: SegmentationJob, segmenter: Segmenter) -> None:
         """Worker thread: numpy only, no MRML."""
         try:
-            segmenter = method if isinstance(method, Segmenter) else self.segmenter_factory(method, model_path, device)
             job._progress(0.0, f"segmenting with {job.segmenter_name}")
             job.labels = segmenter.segment(job.ct, progress=job._progress, cancel=job.cancel_event)
         except BaseException as exc:  # reported on the main thread by poll()
             job.error = exc
 
+    def _launch(self, job: SegmentationJob, method: str, model_path: Optional[str], device: str) -> None:
+        """Write the CT where the child reads it and start ``liverseg segment`` on it."""
+        job.folder = Path(tempfile.mkdtemp(prefix="liverseg_"))
+        ct_path, labels_path = job.folder / "ct.nii", job.folder / "labels.nii"  # uncompressed: quick to write
+        try:
+            save_volume(job.ct, ct_path)
+            job.process = jobs.Job(self.command_builder(str(ct_path), str(labels_path), method, model_path, device),
+                                   cwd=job.folder)
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            raise
+
+    def _follow(self, job: SegmentationJob) -> None:
+        """Main thread: take the child's progress; once it ended, its labels or its error, and remove its files."""
+        for event in job.process.poll():
+            if event["event"] == "progress":
+                job._progress(event.get("fraction", job.fraction), event.get("message", ""))
+        outcome = job.process.outcome
+        if outcome is None:
+            return
+        try:
+            if outcome.ok:
+                job.labels = self._read_labels(job)
+            elif not outcome.cancelled:
+                job.error = _child_error(job.segmenter_name, outcome)
+        except LiverSegError as exc:
+            job.error = exc
+        finally:
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    @staticmethod
+    def _read_labels(job: SegmentationJob) -> np.ndarray:
+        """The child's labelmap as an array on the input's grid (its geometry is the input's, in memory)."""
+        labels = load_volume(job.folder / "labels.nii")
+        if labels.array.shape != job.ct.array.shape:
+            raise LiverSegError(f"{job.segmenter_name} returned labels of shape {labels.array.shape} for a CT of "
+                                f"shape {job.ct.array.shape}; nothing was changed")
+        return np.array(labels.array, dtype=np.uint8)  # a copy: nibabel maps the file, which is removed next
+
     def cancel(self, job: SegmentationJob) -> None:
-        """Ask the worker to stop; the next :meth:`poll` after it stopped raises CancelledError."""
+        """Stop the job: the child and what it started are killed (within a second), a worker thread is
+        asked to stop; the next :meth:`poll` after it stopped raises CancelledError."""
         job.message = "cancelling"
         job.cancel_event.set()
+        if job.process is not None:
+            job.process.cancel()
 
     def poll(self, job: SegmentationJob) -> Optional[SegmentationResult]:
         """Call on the main thread. ``None`` while the worker runs (see ``job.fraction``/``job.message``);
@@ -233,7 +304,11 @@ class LiverSegLogic:
                     f"segmentation failed: {job.error}"
                 )
             return job.result
-        if job.running:
+        if job.process is not None:
+            self._follow(job)
+            if job.process.outcome is None:
+                return None
+        elif job.running:
             return None
         job.finished = True
         if job.cancel_event.is_set() or isinstance(job.error, CancelledError):
@@ -245,7 +320,7 @@ class LiverSegLogic:
             if isinstance(job.error, LiverSegError):
                 raise job.error
             if isinstance(job.error, MemoryError):
-                raise LiverSegError("not enough memory to segment this CT; close other data or use a bigger machine") from job.error
+                raise LiverSegError(NOT_ENOUGH_MEMORY) from job.error
             raise LiverSegError(f"{job.segmenter_name} failed: {type(job.error).__name__}: {job.error}") from job.error
         job._progress(0.95, "updating the scene")
         try:
@@ -267,9 +342,10 @@ class LiverSegLogic:
                 return result
             if time.monotonic() > deadline:
                 self.cancel(job)
-                job.thread.join(30)
+                if job.thread is not None:
+                    job.thread.join(30)
                 raise LiverSegError(f"segmentation did not finish within {timeout:g} s; cancelled")
-            job.thread.join(interval)
+            time.sleep(interval)
 
     def run(self, volume_node, method: Union[str, Segmenter, None] = None, **kwargs) -> SegmentationResult:
         """:meth:`start` + :meth:`wait`: segment ``volume_node``, blocking."""
@@ -342,6 +418,16 @@ class LiverSegLogic:
         finally:
             table.EndModify(was_modifying)
         return table
+
+
+def _child_error(name: str, outcome: jobs.Outcome) -> LiverSegError:
+    """What the panel shows for a child that failed: its last stderr line (the CLI's one-line error, a
+    traceback's exception) and how it ended."""
+    message = outcome.message
+    if "MemoryError" in message:
+        return LiverSegError(f"{NOT_ENOUGH_MEMORY} ({name}: {message})")
+    detail = "" if message == outcome.status else f": {message}"
+    return LiverSegError(f"{name} failed ({outcome.status}){detail}; nothing was changed")
 
 
 class SceneTransaction:
@@ -570,6 +656,7 @@ __all__ = [
     "SegmentationJob",
     "SegmentationResult",
     "SceneTransaction",
+    "segment_command",
     "available_segmenters",
     "render_segmentation_png",
     "offscreen_rendering_available",
