@@ -1,6 +1,6 @@
 """The ``liverseg`` command: segment a CT, evaluate a segmenter on a dataset, train a deep segmenter.
 
-Exit status: 0 success, 2 bad input, unavailable method or missing Python packages (one line on stderr
+Exit status: 0 success, 1 a cohort run in which a case failed (the others are done), 2 bad input, unavailable method or missing Python packages (one line on stderr
 naming the problem and the fix), 130 interrupted (Ctrl-C or SIGTERM).
 """
 
@@ -34,12 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser(
         "segment",
-        help="segment one CT",
-        description=f"Segment one CT. The output type follows OUT's suffix: {describe_outputs()}.",
+        help="segment one CT, or a cohort of them into one folder",
+        description=f"Segment one CT: the output type follows OUT's suffix: {describe_outputs()}. Or segment a cohort "
+        "(several inputs, or OUT a folder): each case into OUT/<case_id>/ (labels.nii.gz, liver.seg.nrrd, "
+        "preview.png, result.json), a rerun skipping the cases already done, and the table OUT/volumes.csv.",
     )
-    segment.add_argument("ct", help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, or a folder holding one DICOM series")
+    segment.add_argument("inputs", nargs="+", metavar="INPUT",
+                         help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, a folder holding one DICOM series, or (for a "
+                         "cohort) a CSV manifest with the columns id,path")
     segment.add_argument("-o", "--output", required=True, action="append",
-                         help=f"output file: {output_suffixes()} (repeat -o to write several)")
+                         help=f"output file: {output_suffixes()} (repeat -o to write several); for a cohort, one folder")
     _add_method_arguments(segment)
     segment.add_argument("--preview", help="also write an image with axial and coronal overlays, in the format "
                          "its suffix names (.png, .jpg, .pdf, ...)")
@@ -47,7 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="bar: a progress bar on stderr (when it is a terminal); json: one JSON line per step on "
                          'stdout, {"event": "progress", "fraction": F, "message": M}, and {"event": "done", ...} once '
                          "the outputs are written, for a program that follows the run (the Slicer panel)")
+    segment.add_argument("--num-parts", type=int, default=1, metavar="P",
+                         help="cohort in a job array: split the sorted cases into P parts (case i in part i %% P); "
+                         "`liverseg collect` then writes the table")
+    segment.add_argument("--part-id", type=int, default=0, metavar="I", help="the part this run segments (0..P-1)")
     segment.set_defaults(run=run_segment)
+
+    collect = commands.add_parser(
+        "collect",
+        help="rebuild a cohort's volumes.csv from its cases",
+        description="Rebuild OUT_DIR/volumes.csv from every OUT_DIR/<case_id>/result.json: after the parts of a job "
+        "array (liverseg segment --num-parts P --part-id I) have run.",
+    )
+    collect.add_argument("out_dir", metavar="OUT_DIR", help="the -o folder of a cohort run")
+    collect.set_defaults(run=run_collect)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -133,18 +150,57 @@ class JsonProgress:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    if _is_cohort(args):
+        return _run_cohort(args)
+    if args.num_parts != 1:
+        raise LiverSegError("--num-parts splits a cohort; give several inputs or an output folder")
+    return _segment_one(args)
+
+
+def _is_cohort(args: argparse.Namespace) -> bool:
+    """A cohort run: several inputs, a manifest, or an output folder (an existing one, or a path without a
+    suffix); one input to files keeps the single-CT command."""
+    from .volume import suffix_of
+
+    output = Path(args.output[0])
+    return (len(args.inputs) > 1 or Path(args.inputs[0]).suffix.lower() == ".csv" or output.is_dir()
+            or not suffix_of(output))
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    from .cohort import Run, model_sha256, run_cohort
+
+    if len(args.output) > 1:
+        raise LiverSegError(f"a cohort writes into one output folder; got -o {' -o '.join(args.output)}")
+    if args.preview or args.progress == "json":
+        raise LiverSegError("--preview and --progress json are for one CT; a cohort writes each case's preview.png "
+                            "and one line per case")
+    run = Run(args.method, args.model, args.device, model_sha256(args.method, args.model))
+    return run_cohort([Path(path) for path in args.inputs], Path(args.output[0]), run,
+                      num_parts=args.num_parts, part_id=args.part_id)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from .cohort import write_table
+
+    print(f"wrote {write_table(Path(args.out_dir))}")
+    return 0
+
+
+def _segment_one(args: argparse.Namespace) -> int:
     from .outputs import Provenance, check_output, write_output
     from .preview import preview_format, save_preview
     from .segmenters import create_segmenter
     from .volume import check_writable, load_ct, output_set
 
+    source = Path(args.inputs[0])
     outputs = [Path(path) for path in args.output]
     destinations = outputs + ([Path(args.preview)] if args.preview else [])
     # Check every destination before minutes of work, so a bad path fails fast and writes nothing; first
     # whether it is the input, the one mistake that would destroy data (whatever its suffix).
-    _check_outputs_apart(Path(args.ct), destinations)
+    _check_outputs_apart(source, destinations)
     for output in outputs:
-        check_output(output, Path(args.ct))
+        check_output(output, source)
     if args.preview:
         preview_format(args.preview)
     for path in destinations:
@@ -152,7 +208,7 @@ def run_segment(args: argparse.Namespace) -> int:
     # Locked from here, so a concurrent run on these outputs is refused before its work, not after it.
     with output_set(destinations):
         segmenter = create_segmenter(args.method, model_path=args.model, device=args.device)
-        ct = load_ct(args.ct)
+        ct = load_ct(source)
 
         started = time.perf_counter()
         progress = ProgressBar(f"{args.method}") if args.progress == "bar" else JsonProgress()
@@ -162,11 +218,11 @@ def run_segment(args: argparse.Namespace) -> int:
             progress.close()
         seconds = time.perf_counter() - started
 
-        provenance = Provenance(Path(args.ct), args.method)
+        provenance = Provenance(source, args.method)
         for output in outputs:
             write_output(ct.with_array(labels), output, provenance)
         if args.preview:
-            save_preview(ct, labels, args.preview, title=f"{Path(args.ct).name} - {args.method}")
+            save_preview(ct, labels, args.preview, title=f"{source.name} - {args.method}")
 
     from .volumetry import status_line
 

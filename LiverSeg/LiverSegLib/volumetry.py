@@ -8,7 +8,7 @@ side can import it before those are installed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -70,6 +70,33 @@ def reaches_scan_edge(labels: np.ndarray) -> bool:
     liver = np.asarray(labels)
     liver = (liver == PARENCHYMA_LABEL) | (liver == TUMOUR_LABEL)
     return any(np.take(liver, index, axis=axis).any() for axis in range(liver.ndim) for index in (0, -1))
+
+
+def tumour_count(labels: np.ndarray) -> int:
+    """The number of separate tumours: connected components of label 2, touching faces (6-connectivity), the
+    neighbourhood a radiologist's "separate lesion" is closest to on thick slices."""
+    from scipy import ndimage
+
+    return int(ndimage.label(np.asarray(labels) == TUMOUR_LABEL)[1])
+
+
+PLAUSIBLE_LIVER_ML = (500.0, 4500.0)
+"""Adult livers measured on CT lie well inside this range (about 1000-2500 mL, up to ~4000 mL in
+hepatomegaly, down to ~600 mL in cirrhosis or after resection): a volume outside it is more likely a
+segmentation error (a neighbouring organ taken, the liver half missed) than anatomy, so it is flagged
+for a look rather than trusted in a cohort table."""
+
+
+def quality_flags(labels: np.ndarray, voxel_ml: float) -> List[str]:
+    """What a cohort table should warn about for one segmentation, by name: ``no_liver`` (empty labelmap),
+    ``partial_liver`` (the liver reaches the scan's edge: its volume is a lower bound) and
+    ``implausible_volume`` (the liver outside :data:`PLAUSIBLE_LIVER_ML`)."""
+    volumes = liver_volumes(labels, voxel_ml)
+    if volumes.liver_voxels == 0:
+        return ["no_liver"]
+    flags = ["partial_liver"] if reaches_scan_edge(labels) else []
+    low, high = PLAUSIBLE_LIVER_ML
+    return flags + ([] if low <= volumes.liver_ml <= high else ["implausible_volume"])
 
 
 def status_line(method: str, labels: np.ndarray, voxel_ml: float) -> str:
