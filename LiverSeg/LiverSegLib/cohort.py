@@ -145,7 +145,9 @@ def run_cohort(inputs: Sequence[Path], out_dir: Path, run: Run, num_parts: int =
     Returns:
         The exit status: 1 when any case failed, else 0.
     """
-    mine = part_of(gather_cases(inputs), num_parts, part_id)
+    cases = gather_cases(inputs)
+    _check_out_dir(cases, out_dir)
+    mine = part_of(cases, num_parts, part_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     segmenter = _LazySegmenter(run)
     outcomes: Counter = Counter()
@@ -157,6 +159,14 @@ def run_cohort(inputs: Sequence[Path], out_dir: Path, run: Run, num_parts: int =
     if num_parts == 1:  # a part of a job array leaves the table to `liverseg collect`
         print(f"wrote {write_table(out_dir)}")
     return 1 if outcomes["failed"] else 0
+
+
+def _check_out_dir(cases: Sequence[Case], out_dir: Path) -> None:
+    """Refuse an output folder inside a DICOM input folder: its case files would join the series there."""
+    for case in cases:
+        if case.source.is_dir() and out_dir.resolve().is_relative_to(case.source.resolve()):
+            raise LiverSegError(f"{out_dir}: inside the DICOM input folder {case.source}; writing there would add "
+                                "files to the series, give an output folder outside it")
 
 
 class _LazySegmenter:
