@@ -5,6 +5,7 @@ tests exercise the cohort machinery, not a segmenter's seconds.
 """
 
 import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +109,17 @@ def test_parts_are_disjoint_cover_every_case_and_collect_merges_them(cohort, cap
         "alpha": "done", "beta": "done", "gamma": "done", "delta": "failed"}
 
 
-def test_a_manifest_names_the_cases(cohort, tmp_path):
+def test_a_manifest_names_the_cases_and_another_model_redoes_them(cohort, tmp_path):
     manifest = tmp_path / "inputs" / "cohort.csv"
     manifest.write_text("id,path\npatient 1,alpha.nii.gz\npatient/2,beta.nrrd\n")
-    assert _segment([manifest], cohort["out"]) == 0
-    assert set(_table(cohort["out"])) == {"patient_1", "patient_2"}
+    model = tmp_path / "model.pt"
+    for weights, calls in ((b"weights 1", 2), (b"weights 1", 2), (b"weights 2", 4)):
+        model.write_bytes(weights)
+        assert _segment([manifest], cohort["out"], "--method", "unet", "--model", str(model)) == 0
+        assert cohort["stub"].calls == calls
+    table = _table(cohort["out"])
+    assert set(table) == {"patient_1", "patient_2"}
+    assert table["patient_1"]["model_sha256"] == hashlib.sha256(b"weights 2").hexdigest()
 
 
 def test_case_id_clash_is_refused_before_any_work(cohort, tmp_path, capsys):

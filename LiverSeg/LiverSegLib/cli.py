@@ -1,7 +1,8 @@
 """The ``liverseg`` command: segment a CT, evaluate a segmenter on a dataset, train a deep segmenter.
 
-Exit status: 0 success, 1 a cohort run in which a case failed (the others are done), 2 bad input, unavailable method or missing Python packages (one line on stderr
-naming the problem and the fix), 130 interrupted (Ctrl-C or SIGTERM).
+Exit status: 0 success, 1 a cohort run in which a case failed (the others are done), 2 bad input,
+unavailable method or missing Python packages (one line on stderr naming the problem and the fix),
+130 interrupted (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="CT as a NIfTI (.nii/.nii.gz) or NRRD file, a folder holding one DICOM series, or (for a "
                          "cohort) a CSV manifest with the columns id,path")
     segment.add_argument("-o", "--output", required=True, action="append",
-                         help=f"output file: {output_suffixes()} (repeat -o to write several); for a cohort, one folder")
+                         help=f"output file: {output_suffixes()} (repeat -o to write several); for a cohort, "
+                         "one folder")
     _add_method_arguments(segment)
     segment.add_argument("--preview", help="also write an image with axial and coronal overlays, in the format "
                          "its suffix names (.png, .jpg, .pdf, ...)")

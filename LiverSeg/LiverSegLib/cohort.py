@@ -108,14 +108,14 @@ def part_of(cases: Sequence[Case], num_parts: int, part_id: int) -> List[Case]:
     return list(cases[part_id::num_parts])
 
 
-def input_sha256(source: Path) -> str:
-    """The content hash of a case's input: the file, or every file of a DICOM folder by relative name (any of
-    them may be a slice that reading the series picks)."""
+def content_sha256(source: Path) -> str:
+    """The sha256 of a file's content, or of a DICOM folder's files by name (the files reading the series
+    scans: any of them may be a slice of it)."""
     digest = hashlib.sha256()
-    files = sorted(path for path in source.rglob("*") if path.is_file()) if source.is_dir() else [source]
+    files = sorted(path for path in source.iterdir() if path.is_file()) if source.is_dir() else [source]
     try:
         for path in files:
-            digest.update(str(path.relative_to(source) if source.is_dir() else "").encode() + b"\0")
+            digest.update(path.name.encode() + b"\0" if source.is_dir() else b"")
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)
@@ -128,7 +128,7 @@ def model_sha256(method: str, model: Optional[str]) -> str:
     """The sha256 of the model a run uses: the ``--model`` file, or the shipped one as ``models.json`` states
     it (the segmenter checks the file against it); "" for a method without a model (EM)."""
     if model is not None:
-        return input_sha256(Path(model))
+        return content_sha256(Path(model))
     from .checkpoint import MANIFEST, MODELS_DIR
 
     manifest = MODELS_DIR / MANIFEST
@@ -191,10 +191,10 @@ def _run_case(case: Case, out_dir: Path, run: Run, segmenter: Callable[[], Any])
     result: Dict[str, Any] = {"case_id": case.case_id, "source": str(case.source), "method": run.method,
                               "model_sha256": run.model_sha256}
     try:
-        result["input_sha256"] = input_sha256(case.source)
+        result["input_sha256"] = content_sha256(case.source)
     except LiverSegError as error:
         return _failed(folder, result, error, started)
-    if _is_current(read_result(folder), result):
+    if _is_current(folder, result):
         return "skipped", "skipped (done earlier with the same input, method and model)"
     ready = segmenter()  # outside the case's try: a method that cannot run here stops the run, not each case
     try:
@@ -203,7 +203,8 @@ def _run_case(case: Case, out_dir: Path, run: Run, segmenter: Callable[[], Any])
     except Exception as error:  # noqa: BLE001 - any failure of one case is recorded and the run goes on
         return _failed(folder, result, error, started)
     flags = f" [{', '.join(result['flags'])}]" if result["flags"] else ""
-    return "done", f"liver {result['liver_ml']:.0f} ml, tumour {result['tumour_ml']:.1f} ml{flags}, {result['seconds']} s"
+    volumes = f"liver {result['liver_ml']:.0f} ml, tumour {result['tumour_ml']:.1f} ml"
+    return "done", f"{volumes}{flags}, {result['seconds']} s"
 
 
 def _failed(folder: Path, result: Dict[str, Any], error: Exception, started: float) -> Tuple[str, str]:
@@ -215,9 +216,12 @@ def _failed(folder: Path, result: Dict[str, Any], error: Exception, started: flo
     return "failed", f"failed: {message}"
 
 
-def _is_current(previous: Optional[Dict[str, Any]], result: Dict[str, Any]) -> bool:
+def _is_current(folder: Path, result: Dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a done result of this input, method and model, with all its files."""
+    previous = read_result(folder)
     keys = ("input_sha256", "method", "model_sha256")
-    return previous is not None and previous.get("status") == "done" and all(previous.get(k) == result[k] for k in keys)
+    same = previous is not None and all(previous.get(key) == result[key] for key in keys)
+    return same and previous.get("status") == "done" and all((folder / name).is_file() for name in CASE_FILES)
 
 
 def _segment_case(case: Case, folder: Path, segmenter, result: Dict[str, Any], started: float) -> Dict[str, Any]:
