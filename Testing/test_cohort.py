@@ -15,6 +15,8 @@ from LiverSegLib import segmenters
 from LiverSegLib.cli import main
 from LiverSegLib.phantom import make_phantom
 from LiverSegLib.volume import save_volume
+from LiverSegLib.volumetry import quality_flags
+from test_output_protection import write_dicom_series
 
 SHAPE, SPACING = (48, 48, 24), (8.0, 8.0, 12.0)
 
@@ -131,3 +133,21 @@ def test_case_id_clash_is_refused_before_any_work(cohort, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "'alpha'" in error and str(copy) in error and str(cohort["paths"][0]) in error
     assert not cohort["out"].exists() and cohort["stub"].calls == 0
+
+
+def test_a_dicom_series_folder_is_a_case_named_by_its_folder(cohort, tmp_path):
+    ct, labels = make_phantom(shape=SHAPE, spacing=SPACING, seed=4, n_tumours=0)
+    ct = ct.with_array(np.round(ct.array).astype(np.int16))
+    write_dicom_series(ct, tmp_path / "study 5", "1.2.826.0.1.3680043.2.1125.7.5", "portal venous")
+    cohort["stub"].answers[_key(ct.array)] = labels.array
+    assert _segment([tmp_path / "study 5", cohort["paths"][0]], cohort["out"]) == 0
+    assert {case: row["status"] for case, row in _table(cohort["out"]).items()} == {"study_5": "done", "alpha": "done"}
+    assert _segment([tmp_path / "study 5"], cohort["out"]) == 0 and cohort["stub"].calls == 2
+
+
+def test_quality_flags_name_an_implausible_volume():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1  # 216 voxels, away from every edge
+    assert quality_flags(labels, voxel_ml=10.0) == []  # 2160 mL
+    assert quality_flags(labels, voxel_ml=1.0) == ["implausible_volume"]  # 216 mL
+    assert quality_flags(labels, voxel_ml=30.0) == ["implausible_volume"]  # 6480 mL
