@@ -22,14 +22,18 @@ SHAPE, SPACING = (48, 48, 24), (8.0, 8.0, 12.0)
 
 
 class StubSegmenter:
-    """Returns the labels the test stored for a CT (looked up by its voxels), counting the calls."""
+    """Returns the labels the test stored for a CT (looked up by its voxels), or raises the exception stored,
+    counting the calls."""
 
     def __init__(self, answers):
         self.answers, self.calls = answers, 0
 
     def segment(self, ct, progress=None, cancel=None):
         self.calls += 1
-        return self.answers[_key(ct.array)]
+        answer = self.answers[_key(ct.array)]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 def _key(array: np.ndarray) -> bytes:
@@ -143,6 +147,14 @@ def test_a_dicom_series_folder_is_a_case_named_by_its_folder(cohort, tmp_path):
     assert _segment([tmp_path / "study 5", cohort["paths"][0]], cohort["out"]) == 0
     assert {case: row["status"] for case, row in _table(cohort["out"]).items()} == {"study_5": "done", "alpha": "done"}
     assert _segment([tmp_path / "study 5"], cohort["out"]) == 0 and cohort["stub"].calls == 2
+
+
+def test_a_segmenter_crash_fails_its_case_in_one_line(cohort, capsys):
+    cohort["stub"].answers = {key: RuntimeError("CUDA out of\nmemory") for key in cohort["stub"].answers}
+    assert _segment(cohort["paths"][:1], cohort["out"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == "alpha: failed: RuntimeError: CUDA out of memory"
+    assert _table(cohort["out"])["alpha"]["error"] == "RuntimeError: CUDA out of memory"
+    assert not (cohort["out"] / "alpha" / "labels.nii.gz").exists()
 
 
 def test_quality_flags_name_an_implausible_volume():

@@ -209,7 +209,10 @@ def _run_case(case: Case, out_dir: Path, run: Run, segmenter: Callable[[], Any])
 
 def _failed(folder: Path, result: Dict[str, Any], error: Exception, started: float) -> Tuple[str, str]:
     """Record a failed case in its ``result.json`` (its earlier files, if any, are left as they were)."""
-    message = str(error) or type(error).__name__
+    # A LiverSegError says what to do in one line; anything else (a segmenter's crash) is named by its type,
+    # and kept on one line for the run's log and the table.
+    message = str(error) if isinstance(error, LiverSegError) else f"{type(error).__name__}: {error}"
+    message = " ".join(message.split())
     folder.mkdir(exist_ok=True)
     _write_result(folder, {**result, "status": "failed", "error": message,
                            "seconds": round(time.perf_counter() - started, 1)})
