@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 from monai.data import MetaTensor
-from monai.transforms import Compose, FillHoles, Orientation, Spacing
+from monai.transforms import FillHoles, Orientation, Spacing
 
 from .volume import Volume
 
@@ -35,11 +35,16 @@ def to_working_grid(ct: Volume, spacing: Sequence[float]) -> MetaTensor:
     Returns:
         MetaTensor of shape (1, X, Y, Z), float32 HU; its ``affine`` maps (x, y, z) to RAS mm.
     """
-    image = MetaTensor(torch.from_numpy(np.asarray(ct.array, dtype=np.float32)[None]), affine=torch.as_tensor(ct.affine))
-    transform = Compose(
-        [Orientation(axcodes="RAS", labels=None), Spacing(pixdim=tuple(spacing), mode="bilinear", padding_mode="border", dtype=torch.float32)]
-    )
-    return transform(image)
+    # Memory (issue 13): the flips and axis swaps of the reorientation are exact on the CT's own integer
+    # type, so they run before the one float32 copy, and that copy is the only full-resolution float
+    # array alive while the CT's own is (a float32 copy before reorienting it, as before, doubled it).
+    array = np.asarray(ct.array)
+    if array.dtype.kind not in "iuf" or array.dtype.itemsize > 4 or array.dtype == np.uint32:
+        array = array.astype(np.float32)
+    image = Orientation(axcodes="RAS", labels=None)(MetaTensor(torch.from_numpy(np.ascontiguousarray(array)[None]),
+                                                              affine=torch.as_tensor(ct.affine)))
+    image = image.to(torch.float32)  # the integer copy is freed here
+    return Spacing(pixdim=tuple(spacing), mode="bilinear", padding_mode="border", dtype=torch.float32)(image)
 
 
 def to_input_grid(labels: np.ndarray, working_affine: np.ndarray, ct: Volume) -> np.ndarray:
