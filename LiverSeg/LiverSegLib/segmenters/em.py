@@ -77,6 +77,10 @@ class EMSegmenter(Segmenter):
 
         self._step(0.25, "finding the body")
         body = body_mask(hu)
+        # Everything below runs on the body's box (issues 12, 13): outside it nothing is liver, and a
+        # margin wider than any dilation below keeps every result inside the box as on the whole grid.
+        box = _body_box(body)
+        full_shape, hu, body = hu.shape, np.ascontiguousarray(hu[box]), np.ascontiguousarray(body[box])
         smooth = ndimage.median_filter(hu, size=3)
         region = liver_region(hu, body, spacing)
 
@@ -99,7 +103,25 @@ class EMSegmenter(Segmenter):
             labels[:] = 0  # a chest-only or pelvis-only scan: its liver-like piece is another organ
 
         self._step(0.85, "resampling to the CT grid")
-        return to_input_grid(labels, working.affine.numpy(), ct)
+        on_working_grid = np.zeros(full_shape, dtype=np.uint8)
+        on_working_grid[box] = labels
+        return to_input_grid(on_working_grid, working.affine.numpy(), ct)
+
+
+BOX_MARGIN = int(np.ceil(max(ENVELOPE_MM, SEPARATION_MM, 5.0) / min(WORKING_SPACING_MM))) + 2
+"""Voxels of air kept around the body's box: the widest dilation (the envelope's), one voxel of air
+beyond it (so the erosions and hole filling see the same background as on the whole grid) and one for
+the median filter."""
+
+
+def _body_box(body: np.ndarray) -> Tuple[slice, slice, slice]:
+    """The body's bounding box in X and Y widened by ``BOX_MARGIN`` (clipped to the grid), all of Z:
+    the axial position priors (lung bases, top of the scan) stay in the grid's own slice indices."""
+    box = []
+    for axis in (0, 1):
+        present = np.nonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        box.append(slice(max(0, int(present[0]) - BOX_MARGIN), min(body.shape[axis], int(present[-1]) + 1 + BOX_MARGIN)))
+    return box[0], box[1], slice(None)
 
 
 def _fit_mixture(smooth: np.ndarray, body: np.ndarray, region: np.ndarray) -> Tuple[GaussianMixture, np.ndarray]:
