@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import nibabel as nib
 import numpy as np
 import torch
 from scipy import ndimage
 from monai.data import MetaTensor
-from monai.transforms import FillHoles, Orientation, Spacing
+from monai.transforms import FillHoles, Spacing
 
 from .volume import Volume
 
@@ -35,15 +36,15 @@ def to_working_grid(ct: Volume, spacing: Sequence[float]) -> MetaTensor:
     Returns:
         MetaTensor of shape (1, X, Y, Z), float32 HU; its ``affine`` maps (x, y, z) to RAS mm.
     """
-    # Memory (issue 13): the flips and axis swaps of the reorientation are exact on the CT's own integer
-    # type, so they run before the one float32 copy, and that copy is the only full-resolution float
-    # array alive while the CT's own is (a float32 copy before reorienting it, as before, doubled it).
-    array = np.asarray(ct.array)
-    if array.dtype.kind not in "iuf" or array.dtype.itemsize > 4 or array.dtype == np.uint32:
-        array = array.astype(np.float32)
-    image = Orientation(axcodes="RAS", labels=None)(MetaTensor(torch.from_numpy(np.ascontiguousarray(array)[None]),
-                                                              affine=torch.as_tensor(ct.affine)))
-    image = image.to(torch.float32)  # the integer copy is freed here
+    # Memory and time (issues 12, 13): the flips and axis swaps of the reorientation to RAS are numpy
+    # views of the CT's own array, so the one float32 copy is the only full-resolution array made
+    # (a float32 copy, then its reoriented copy, as before, doubled it). Same axis codes as MONAI's
+    # Orientation (nibabel's io_orientation), same resulting affine.
+    affine = np.asarray(ct.affine, dtype=np.float64)
+    orientation = nib.orientations.io_orientation(affine)
+    array = np.ascontiguousarray(nib.orientations.apply_orientation(np.asarray(ct.array), orientation), dtype=np.float32)
+    affine = affine @ nib.orientations.inv_ornt_aff(orientation, np.asarray(ct.array).shape)
+    image = MetaTensor(torch.from_numpy(array[None]), affine=torch.as_tensor(affine))
     return Spacing(pixdim=tuple(spacing), mode="bilinear", padding_mode="border", dtype=torch.float32)(image)
 
 
