@@ -63,3 +63,25 @@ def test_the_liver_piece_kept_is_the_one_in_the_right_upper_abdomen_not_the_larg
     kept = model.postprocess(labels, image, ct)
     assert (kept >= 1).sum() > 0.9 * (reference.array >= 1).sum()
     assert dice_scores(kept, reference.array)["dice_liver"] > 0.9
+
+
+def test_working_grid_equals_monai_orientation_and_spacing_on_a_permuted_flipped_ct():
+    """to_working_grid reorients by numpy views (memory, issue 13): same voxels and affine as MONAI's
+    Orientation + Spacing on the float32 CT."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Compose, Orientation, Spacing
+
+    from LiverSegLib.preprocessing import to_working_grid
+    from LiverSegLib.volume import Volume
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 400, size=(20, 24, 16)).astype(np.int16)
+    affine = np.array([[0.0, -0.8, 0.0, 10.0], [0.0, 0.0, 1.5, -20.0], [-0.7, 0.0, 0.0, 5.0], [0, 0, 0, 1]])
+    ct = Volume(array, affine)
+    image = MetaTensor(torch.from_numpy(array.astype(np.float32)[None]), affine=torch.as_tensor(affine))
+    expected = Compose([Orientation(axcodes="RAS", labels=None),
+                        Spacing(pixdim=(2.5, 2.5, 2.5), mode="bilinear", padding_mode="border", dtype=torch.float32)])(image)
+    working = to_working_grid(ct, (2.5, 2.5, 2.5))
+    np.testing.assert_array_equal(working.numpy(), expected.numpy())
+    np.testing.assert_allclose(working.affine.numpy(), expected.affine.numpy(), rtol=0, atol=1e-9)
