@@ -22,6 +22,9 @@ LIVER_HEIGHT_MM = 260.0
 LUNG_SHARE = 0.15
 """A slice "has much lung" when this share of the body's cross-section is air."""
 MIDLINE_MARGIN_MM = 20.0
+MIN_CUT_SECTION_MM2 = 2000.0
+"""Where a scan without lungs cuts the liver, the organ's cross-section is at least this (20 cm²): the real
+partial livers here show 50-215 cm² there; the pieces kept in pelvis-side slabs, 9 cm² tubes."""
 
 
 def body_mask(hu: np.ndarray, air_hu: float = BODY_HU) -> np.ndarray:
@@ -73,14 +76,15 @@ def _lung_share(hu: np.ndarray, body: np.ndarray, air_hu: float) -> np.ndarray:
     return lung.sum(axis=(0, 1)) / np.maximum(body.sum(axis=(0, 1)), 1)
 
 
-def liver_in_view(organ: np.ndarray, hu: np.ndarray, body: np.ndarray, air_hu: float = BODY_HU) -> bool:
+def liver_in_view(organ: np.ndarray, hu: np.ndarray, body: np.ndarray, spacing: np.ndarray,
+                  air_hu: float = BODY_HU) -> bool:
     """Whether ``organ`` (the piece a segmenter kept as liver) can be a liver, given what the scan covers.
 
     The liver hangs under the right hemidiaphragm, whose dome the lung bases surround, so:
 
     - without lungs in the field of view, the scan lies below the dome and a liver in it is cut by the
-      scan's top (an abdomen-pelvis scan); a piece that stops short of the top is the liver of no one (a
-      bowel loop or muscle of a pelvis-only scan);
+      scan's top (an abdomen-pelvis scan), where the organ is wide (``MIN_CUT_SECTION_MM2``); a piece that
+      stops short of the top, or meets it as a thin tube, is a bowel loop or muscle of a pelvis-side scan;
     - when lung still fills the scan's lowest slice, the scan ends in the chest and a liver in it is its
       dome: cut by the scan's bottom, with lung above it; a piece reaching both the bottom and the top is
       the heart or the mediastinum of a chest-only scan.
@@ -94,7 +98,8 @@ def liver_in_view(organ: np.ndarray, hu: np.ndarray, body: np.ndarray, air_hu: f
     share = _lung_share(hu, body, air_hu)
     touches_top, touches_bottom = slices.max() >= body_slices.max(), slices.min() <= body_slices.min()
     if not (share > LUNG_SHARE).any():
-        return bool(touches_top)
+        section_mm2 = float(organ[:, :, body_slices.max()].sum() * spacing[0] * spacing[1])
+        return bool(touches_top and section_mm2 >= MIN_CUT_SECTION_MM2)
     if share[body_slices.min()] > LUNG_SHARE:
         return bool(touches_bottom and not touches_top)
     return True

@@ -303,7 +303,7 @@ class DeepModel:
         affine = image.affine.numpy()
         region = liver_region(hu, body, spacing_of(affine), air_hu)
         labels = clean_labels(labels, region)
-        if not liver_in_view(labels > 0, hu, body, air_hu):
+        if not liver_in_view(labels > 0, hu, body, spacing_of(affine), air_hu):
             labels[:] = 0  # a chest-only or pelvis-only scan: its liver-like piece is another organ
         return to_input_grid(labels, affine, grid)
 

@@ -99,7 +99,7 @@ class EMSegmenter(Segmenter):
         labels = organ.astype(np.uint8)
         labels[_tumours(smooth, organ, body, spacing)] = TUMOUR  # may extend the organ at its surface
         labels = clean_labels(labels, region)
-        if not liver_in_view(labels > 0, hu, body):
+        if not liver_in_view(labels > 0, hu, body, spacing):
             labels[:] = 0  # a chest-only or pelvis-only scan: its liver-like piece is another organ
 
         self._step(0.85, "resampling to the CT grid")
