@@ -75,13 +75,13 @@ def test_a_fold_layout_with_distinct_cases_loads(phantoms: Path) -> None:
 
 def test_only_files_of_equal_size_are_hashed(phantoms: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hashed: List[Path] = []
-    real_sha256 = dataset_module._sha256
+    real_sha256 = dataset_module.file_sha256
 
     def spy(path: Path) -> str:
         hashed.append(path)
         return real_sha256(path)
 
-    monkeypatch.setattr(dataset_module, "_sha256", spy)
+    monkeypatch.setattr(dataset_module, "file_sha256", spy)
     images = [case.image_path for case in load_msd_dataset(phantoms)]
     sizes = [path.stat().st_size for path in images]
     assert hashed == [path for path, size in zip(images, sizes) if sizes.count(size) > 1]

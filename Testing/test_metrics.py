@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from LiverSegLib.metrics import dice_scores, volumes_ml
+from LiverSegLib.metrics import dice_scores
+from LiverSegLib.volumetry import liver_volumes
 
 
 def test_dice_of_half_overlapping_liver_by_hand():
@@ -41,9 +42,9 @@ def test_volumes_in_ml():
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[:5] = 1
     labels[0, 0, :4] = 2
-    volumes = volumes_ml(labels, voxel_ml=0.002)
-    assert volumes["liver_ml"] == pytest.approx(500 * 0.002)
-    assert volumes["tumour_ml"] == pytest.approx(4 * 0.002)
+    volumes = liver_volumes(labels, voxel_ml=0.002)
+    assert volumes.liver_ml == pytest.approx(500 * 0.002)
+    assert volumes.tumour_ml == pytest.approx(4 * 0.002)
 
 
 def test_lesions_are_counted_from_10_mm_and_found_when_a_fifth_is_labelled():

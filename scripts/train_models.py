@@ -134,7 +134,7 @@ def entry(image: Path, label: Path) -> Dict[str, str]:
 
 def em_pseudo_labels(work: Path) -> List[Dict[str, str]]:
     """EM pseudo-labels of the unlabelled CTs (self-training, round one), kept when their liver is plausible."""
-    from LiverSegLib.metrics import volumes_ml
+    from LiverSegLib.volumetry import liver_volumes
     from LiverSegLib.preprocessing import UNSURE
     from LiverSegLib.segmenters import create_segmenter
     from LiverSegLib.volume import load_ct, save_volume
@@ -148,7 +148,7 @@ def em_pseudo_labels(work: Path) -> List[Dict[str, str]]:
         if not label.exists():
             ct = load_ct(image)
             labels = create_segmenter("em").segment(ct)
-            liver_ml = volumes_ml(labels, ct.voxel_ml)["liver_ml"]
+            liver_ml = liver_volumes(labels, ct.voxel_ml).liver_ml
             if not PSEUDO_LIVER_ML[0] <= liver_ml <= PSEUDO_LIVER_ML[1]:
                 log(f"pseudo-label of {image.name} rejected: EM liver {liver_ml:.0f} ml outside {PSEUDO_LIVER_ML}")
                 continue

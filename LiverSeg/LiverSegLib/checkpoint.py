@@ -144,16 +144,11 @@ class Checkpoint:
             "metrics": _plain(self.metrics),
             "resume": self.resume,
         }
-        try:
-            with atomic_output(path) as temp, open(temp, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
-        except OSError as exc:
-            raise LiverSegError(
-                f"{path}: cannot write the checkpoint ({exc.strerror or exc}); free disk space or choose another "
-                "output folder (any previous checkpoint there is intact)"
-            ) from exc
+        # atomic_output reports a failed write (full disk, ...) as one line naming the checkpoint.
+        with atomic_output(path) as temp, open(temp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it the checkpoint
         return Path(path)
 
     @classmethod

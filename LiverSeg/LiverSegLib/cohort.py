@@ -111,17 +111,16 @@ def part_of(cases: Sequence[Case], num_parts: int, part_id: int) -> List[Case]:
 def content_sha256(source: Path) -> str:
     """The sha256 of a file's content, or of a DICOM folder's files by name (the files reading the series
     scans: any of them may be a slice of it)."""
-    digest = hashlib.sha256()
-    files = sorted(path for path in source.iterdir() if path.is_file()) if source.is_dir() else [source]
+    from .dataset import file_sha256
+
     try:
-        for path in files:
-            digest.update(path.name.encode() + b"\0" if source.is_dir() else b"")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+        if not source.is_dir():
+            return file_sha256(source)
+        files = sorted(path for path in source.iterdir() if path.is_file())
+        listing = "".join(f"{path.name}\0{file_sha256(path)}\n" for path in files)
     except OSError as error:
         raise LiverSegError(f"{source}: could not be read ({error.strerror or error})") from error
-    return digest.hexdigest()
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def model_sha256(method: str, model: Optional[str]) -> str:

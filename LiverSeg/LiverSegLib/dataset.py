@@ -159,10 +159,11 @@ def _digests(entries: List[_Entry]) -> Dict[str, str]:
     for entry in entries:
         if entry.case.image_path.is_file():
             by_size.setdefault(entry.case.image_path.stat().st_size, []).append(entry)
-    return {e.where: _sha256(e.case.image_path) for group in by_size.values() if len(group) > 1 for e in group}
+    return {e.where: file_sha256(e.case.image_path) for group in by_size.values() if len(group) > 1 for e in group}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content (hex), read in 1 MiB blocks: a CT may be gigabytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -16,7 +16,6 @@ from monai.metrics import DiceMetric
 from scipy import ndimage
 
 from .preprocessing import LIVER, TUMOUR
-from .volumetry import liver_volumes
 
 
 def class_masks(labels: np.ndarray) -> torch.Tensor:
@@ -41,13 +40,6 @@ def dice_scores(prediction: np.ndarray, reference: np.ndarray) -> Dict[str, floa
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
     scores = metric(class_masks(prediction), class_masks(reference))[0]
     return {"dice_liver": float(scores[0]), "dice_tumour": float(scores[1])}
-
-
-def volumes_ml(labels: np.ndarray, voxel_ml: float) -> Dict[str, float]:
-    """The liver (tumours included) and tumour volumes of :func:`volumetry.liver_volumes` as a dict, the
-    form ``scripts/train_models.py`` reads; new code uses :func:`~LiverSegLib.volumetry.liver_volumes`."""
-    volumes = liver_volumes(labels, voxel_ml)
-    return {"liver_ml": volumes.liver_ml, "tumour_ml": volumes.tumour_ml}
 
 
 DETECTED_SHARE = 0.2

@@ -68,7 +68,7 @@ from tqdm import tqdm
 from . import __version__
 from .augmentation import training_transforms
 from .checkpoint import Checkpoint, ModelConfig, shipped_model_path
-from .dataset import Case, _sha256, load_msd_dataset, read_case
+from .dataset import Case, file_sha256, load_msd_dataset, read_case
 from .errors import LiverSegError
 from .metrics import dice_scores
 from .segmenters.deep import (
@@ -385,7 +385,7 @@ class PreprocessedCases(PersistentDataset):
             "preprocessing": asdict(config.preprocessing),
             "transforms": [type(t).__name__ for t in self.transform.transforms[:first_random]],
         }, sort_keys=True)
-        contents = pool.map(lambda item: _sha256(Path(item["image"])) + _sha256(Path(item["label"])), self.data)
+        contents = pool.map(lambda item: file_sha256(Path(item["image"])) + file_sha256(Path(item["label"])), self.data)
         return [hashlib.sha256(f"{recipe}{content}".encode()).hexdigest() for content in contents]
 
     def _build(self, pool: ThreadPool, in_ram: int) -> None:
@@ -803,12 +803,13 @@ def _write_metrics(path: Path, history: List[Dict[str, Any]]) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(path) as temp, open(temp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(METRIC_COLUMNS)
-            writer.writerows([_csv_number(record[c]) for c in METRIC_COLUMNS] for record in history)
     except OSError as exc:
         raise LiverSegError(f"{path.parent}: cannot write there ({exc.strerror or exc}); choose another -o") from exc
+    # atomic_output reports a failed write as one line naming metrics.csv.
+    with atomic_output(path) as temp, open(temp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(METRIC_COLUMNS)
+        writer.writerows([_csv_number(record[c]) for c in METRIC_COLUMNS] for record in history)
 
 
 def _append_metrics(path: Path, record: Dict[str, Any]) -> None:

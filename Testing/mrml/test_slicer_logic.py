@@ -102,7 +102,8 @@ def test_unknown_method_and_device(ctx, scene, tmp_path):
 def test_table_and_cli_report_the_same_liver_volume(ctx, scene, tmp_path, monkeypatch, capsys):
     """One labelmap with a tumour inside the liver: the Slicer table, the CLI's line and metrics give the
     same liver volume, its tumour included (the table used to count label 1 only)."""
-    from LiverSegLib import cli, metrics, segmenters
+    from LiverSegLib import cli, segmenters
+    from LiverSegLib.volumetry import liver_volumes
 
     node, ct, labels = scenarios.load_phantom(ctx, tmp_path)
     tumour_ml = np.count_nonzero(labels.array == 2) * ct.voxel_ml
@@ -110,7 +111,7 @@ def test_table_and_cli_report_the_same_liver_volume(ctx, scene, tmp_path, monkey
     result = slicer_logic.LiverSegLogic(ctx).run(node, scenarios.OracleSegmenter(labels.array), show_3d=False)
     table_liver_ml = result.table_node.GetTable().GetValueByName(0, "Volume [ml]").ToDouble()
     assert table_liver_ml == pytest.approx(np.count_nonzero(labels.array) * ct.voxel_ml)
-    assert metrics.volumes_ml(labels.array, ct.voxel_ml)["liver_ml"] == pytest.approx(table_liver_ml)
+    assert liver_volumes(labels.array, ct.voxel_ml).liver_ml == pytest.approx(table_liver_ml)
 
     monkeypatch.setattr(segmenters, "create_segmenter", lambda *args, **kwargs: scenarios.OracleSegmenter(labels.array))
     ct_file = next(tmp_path.glob("*.nii.gz"))
